@@ -1,0 +1,41 @@
+# Tern: one command to run, one command to test.
+#   make run    installs what the build needs (clang/libclang for RocksDB), builds, runs `tern serve`
+#   make test   installs what the build needs, then runs every test
+#
+# One cargo profile (release) for build, test and bench: RocksDB takes ~18
+# minutes to compile on 2 cores and a second profile would double that. The
+# target dir lives outside the clone so rebuilds reuse it; nothing depends on it.
+
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/tern-target
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BIN := $(CARGO_TARGET_DIR)/release/tern
+ARGS ?=
+
+.PHONY: deps build run test lint fmt clean-data
+
+deps:
+	@if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then \
+		echo "installing clang and libclang-dev (needed to build RocksDB)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq clang libclang-dev; \
+	fi
+	@if ! command -v $(CARGO) >/dev/null 2>&1; then \
+		echo "installing the Rust toolchain (rustup)"; \
+		curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; \
+	fi
+
+build: deps
+	$(CARGO) build --release --bin tern
+
+run: build
+	$(BIN) serve $(ARGS)
+
+test: deps
+	$(CARGO) test --release --workspace
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,41 @@
+//! Engine settings that a deployment tunes (`tern serve` flags / TOML keys).
+
+use std::net::SocketAddr;
+
+use crate::token::TokenKey;
+
+/// What [`crate::Engine::start`] needs.
+pub struct EngineConfig {
+    /// WebSocket listen address; every shard binds it with SO_REUSEPORT.
+    pub ws_addr: SocketAddr,
+    /// Number of shards (threads), at least 1.
+    pub shards: usize,
+    /// Pin shard i to core i (mod the cores available).
+    pub pin_cores: bool,
+    /// Largest client frame / message, bytes (PROTOCOL.md default 64 KiB).
+    pub frame_bytes_max: usize,
+    /// Announced in `auth_ok`; silence for 2x this closes the connection.
+    pub heartbeat_ms: u64,
+    /// Unacked pushes are pushed again after this (PROTOCOL.md default 10 s).
+    pub ack_timeout_ms: u64,
+    /// Window in which a repeated (sender, cmid) is deduplicated.
+    pub dedup_window_ms: u64,
+    /// Key that signs and verifies access tokens.
+    pub token_key: TokenKey,
+}
+
+impl EngineConfig {
+    /// Defaults of PROTOCOL.md, with the given token key.
+    pub fn new(ws_addr: SocketAddr, token_key: TokenKey) -> Self {
+        EngineConfig {
+            ws_addr,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: true,
+            frame_bytes_max: 64 * 1024,
+            heartbeat_ms: 30_000,
+            ack_timeout_ms: 10_000,
+            dedup_window_ms: 24 * 3600 * 1000,
+            token_key,
+        }
+    }
+}

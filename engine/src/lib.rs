@@ -1,0 +1,37 @@
+//! Tern engine: thread-per-core shards that own WebSocket connections,
+//! sequence conversations and fan messages out.
+//!
+//! # Layout
+//! - [`engine`]: start (recovery, mesh, writer, listeners, shard threads) and
+//!   graceful shutdown.
+//! - `shard/`: one shard's runtime: `accept.rs` (handshake + auth + handoff
+//!   to the home shard), `reader.rs` (read, cut frames), `client.rs` (what
+//!   client frames do), `conn.rs`, `sockio.rs`, `timer.rs` (timer wheel).
+//! - `owner.rs`: seq assignment, dedup, durable write, fan-out start.
+//! - `mesh.rs`: bounded queues between shards; `home_shard`, `owner_shard`.
+//! - `encoded.rs`: frames encoded once per subprotocol.
+//! - `readers.rs`: threads for blocking storage reads.
+//! - [`ws`]: RFC 6455 handshake and frame codec (pure, no I/O).
+//! - [`token`]: HMAC-SHA256 access tokens (mint, verify without storage).
+//! - [`handle`]: [`EngineHandle`], the only door other threads (the HTTP
+//!   gateway) use to reach the shards.
+//! - [`limits`]: every fixed bound.
+
+pub mod config;
+mod encoded;
+pub mod engine;
+pub mod handle;
+mod handle_impl;
+pub mod limits;
+mod mesh;
+mod owner;
+mod readers;
+mod shard;
+mod shared;
+pub mod token;
+pub mod ws;
+
+pub use config::EngineConfig;
+pub use engine::{Engine, StartError};
+pub use handle::{EngineError, EngineHandle, MintedToken, SendOk, SendRequest, UserRecord};
+pub use shared::now_ms;

@@ -1,0 +1,69 @@
+//! Every bound of the engine in one place, each with the reason it exists.
+//! Values a deployment may tune live in [`crate::EngineConfig`]; these are the
+//! fixed ones.
+
+/// Server frames may be larger than client frames (PROTOCOL.md); a
+/// `sync_result` is cut short to stay under this.
+pub const SERVER_FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// A connection holding more unacknowledged entries than this is a slow
+/// consumer and is closed with 4408 (PROTOCOL.md guarantee 4).
+pub const UNACKED_MAX: usize = 4096;
+
+/// Pushes of one entry after the first, before the connection is closed 4408.
+pub const REDELIVERY_TRIES_MAX: u8 = 3;
+
+/// Bytes queued for one socket before it counts as a slow consumer. Sized for
+/// a burst of full sync pages, small enough that 1 M of them could never be
+/// full at once without the slow-consumer rule firing first.
+pub const OUTBOUND_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// iovecs per `writev`; Linux allows 1024, 64 frames is already one large write.
+pub const WRITEV_IOVECS_MAX: usize = 64;
+
+/// Batches waiting in one shard's inbox. A batch holds everything one sender
+/// produced for that shard in one loop pass, so this is a generous bound.
+pub const MESH_INBOX_BATCHES_MAX: usize = 16 * 1024;
+
+/// Mesh messages handled per inbox wakeup before yielding to sockets, so a
+/// flood from other shards cannot starve this shard's own connections.
+pub const INBOX_BATCHES_PER_PASS_MAX: usize = 64;
+
+/// Time for the handshake plus `auth` (PROTOCOL.md: auth within 5 s).
+pub const AUTH_TIMEOUT_MS: u64 = 5_000;
+
+/// Bytes of a pending handshake plus the auth frame.
+pub const AUTH_PHASE_BYTES_MAX: usize = 8 * 1024 + 4 * 1024;
+
+/// `sync` page size: default and maximum (PROTOCOL.md).
+pub const SYNC_LIMIT_DEFAULT: u32 = 100;
+/// See [`SYNC_LIMIT_DEFAULT`].
+pub const SYNC_LIMIT_MAX: u32 = 500;
+
+/// After the server sends a close frame it waits this long for the client's
+/// close before dropping the socket.
+pub const CLOSE_GRACE_MS: u64 = 2_000;
+
+/// Granularity of the shard's timer wheel; heartbeats and ack timeouts are
+/// checked this coarsely (ack timeout 10 s, heartbeat 30 s by default).
+pub const TIMER_TICK_MS: u64 = 100;
+
+/// Slots of the timer wheel: one revolution covers 2^12 ticks (~6.8 min);
+/// longer deadlines are re-armed when their slot comes round.
+pub const TIMER_SLOTS: usize = 4096;
+
+/// Threads doing blocking storage reads (`sync`, `convs`, history, users).
+pub const READER_THREADS: usize = 2;
+
+/// Read jobs waiting for a reader thread; beyond this, reads fail `unavailable`.
+pub const READ_JOBS_MAX: usize = 16 * 1024;
+
+/// How long graceful shutdown waits for in-flight writes and closes.
+pub const SHUTDOWN_DRAIN_MS: u64 = 3_000;
+
+/// Listen backlog per shard listener (absorbs reconnect storms).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+const _: () = assert!(UNACKED_MAX >= 64, "clients ack every 64 entries");
+const _: () = assert!(SYNC_LIMIT_DEFAULT <= SYNC_LIMIT_MAX);
+const _: () = assert!(TIMER_SLOTS.is_power_of_two());

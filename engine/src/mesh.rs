@@ -1,0 +1,187 @@
+//! The full mesh of bounded queues between shards, and the routing functions.
+//!
+//! Every shard has one inbox (a bounded crossbeam channel of *batches*) and an
+//! [`AtomicWaker`]. A sender collects everything it has for a shard during one
+//! loop pass and sends it as one batch with one wakeup, never one per message.
+//! Other threads (the storage writer, the HTTP gateway, reader threads) use the
+//! same inboxes.
+
+use std::hash::{Hash, Hasher};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tern_proto::{ConvId, DeviceId, Kind, RawJson, ServerFrame, Subprotocol, UserId};
+use tern_storage::StorageError;
+
+use crate::encoded::Encoded;
+use crate::handle::{EngineError, SendOk};
+use crate::limits::MESH_INBOX_BATCHES_MAX;
+
+/// Index of a shard, `0..n_shards`.
+pub type ShardIdx = usize;
+
+/// A stable hash for routing (SipHash with fixed keys: same answer on every
+/// thread of the process).
+fn route_hash<T: Hash + ?Sized>(x: &T) -> u64 {
+    // `DefaultHasher::new()` uses fixed keys: every instance agrees.
+    let mut h = std::hash::DefaultHasher::new();
+    x.hash(&mut h);
+    h.finish()
+}
+
+/// The home shard of a user: all its connections live there.
+pub fn home_shard(user: &UserId, n_shards: usize) -> ShardIdx {
+    (route_hash(user.as_str()) % n_shards as u64) as ShardIdx
+}
+
+/// The owner shard of a conversation: it alone assigns seqs.
+pub fn owner_shard(conv: &ConvId, n_shards: usize) -> ShardIdx {
+    (route_hash(&conv.to_string()) % n_shards as u64) as ShardIdx
+}
+
+/// A connection, named from anywhere: shard, slot, and the slot's generation
+/// (so a reused slot is never mistaken for the old connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub shard: ShardIdx,
+    pub slot: u32,
+    pub gen: u32,
+}
+
+/// Where the answer to a send goes.
+pub enum ReplyTo {
+    /// A WebSocket connection: `send_ack` / `send_err` with this cmid.
+    Conn(ConnRef),
+    /// An HTTP request waiting in the gateway.
+    Http(tokio::sync::oneshot::Sender<Result<SendOk, EngineError>>),
+}
+
+/// A send on its way to the conversation's owner shard (already authorised
+/// and validated by the shard or handle that accepted it).
+pub struct SendJob {
+    pub conv: ConvId,
+    pub from: UserId,
+    /// `""` for system messages.
+    pub device: String,
+    pub cmid: String,
+    /// Deduplicate on (conv, from, cmid)? False when the server made the cmid up.
+    pub dedup: bool,
+    pub kind: Kind,
+    pub body: RawJson,
+    pub reply: ReplyTo,
+}
+
+/// Frames for users of one home shard: encoded once, the same bytes for all.
+pub struct Push {
+    pub users: Vec<UserId>,
+    /// The sending connection, which gets a `send_ack` instead.
+    pub except: Option<ConnRef>,
+    pub frame: Arc<Encoded>,
+    /// (conv, seq) when the frame is a timeline entry that must be acked.
+    pub track: Option<(Arc<str>, u64)>,
+}
+
+/// A socket that finished `auth` on another shard and now moves home.
+pub struct Adopt {
+    pub fd: RawFd,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub sp: Subprotocol,
+    /// Bytes received after the auth frame (pipelined frames).
+    pub leftover: Vec<u8>,
+}
+
+/// Everything a shard can be told.
+pub enum ShardMsg {
+    Adopt(Adopt),
+    Send(SendJob),
+    Push(Push),
+    /// A frame for one connection (send_ack, send_err, sync_result, ...),
+    /// encoded by the home shard for the connection's subprotocol.
+    Reply { conn: ConnRef, frame: ServerFrame },
+    /// Results of a storage batch for this shard's requests.
+    Committed(Vec<(u64, Result<(), StorageError>)>),
+    /// Close connections of `user` (one device or all) with `kicked`.
+    Kick {
+        user: UserId,
+        device: Option<DeviceId>,
+        reason: String,
+        reply: Option<tokio::sync::oneshot::Sender<usize>>,
+    },
+    /// Graceful shutdown.
+    Shutdown,
+}
+
+/// The receiving end of a shard's inbox.
+pub struct Inbox {
+    pub rx: Receiver<Vec<ShardMsg>>,
+}
+
+struct Door {
+    tx: Sender<Vec<ShardMsg>>,
+    waker: AtomicWaker,
+}
+
+/// The sending side of every inbox; shared by all threads.
+pub struct Mesh {
+    doors: Vec<Door>,
+}
+
+impl Mesh {
+    /// A mesh of `n` inboxes; the receivers go to the shards.
+    pub fn new(n: usize) -> (Arc<Mesh>, Vec<Inbox>) {
+        assert!(n >= 1);
+        let mut doors = Vec::with_capacity(n);
+        let mut inboxes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded(MESH_INBOX_BATCHES_MAX);
+            doors.push(Door { tx, waker: AtomicWaker::new() });
+            inboxes.push(Inbox { rx });
+        }
+        (Arc::new(Mesh { doors }), inboxes)
+    }
+
+    pub fn n_shards(&self) -> usize {
+        self.doors.len()
+    }
+
+    /// Queue a batch for `shard` and wake it once. On a full inbox the batch
+    /// comes back so the caller can keep it and retry (never dropped here).
+    pub fn send_batch(&self, shard: ShardIdx, batch: Vec<ShardMsg>) -> Result<(), Vec<ShardMsg>> {
+        debug_assert!(!batch.is_empty());
+        let door = &self.doors[shard];
+        match door.tx.try_send(batch) {
+            Ok(()) => {
+                door.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                door.waker.wake();
+                Err(b)
+            }
+        }
+    }
+
+    /// For threads outside the shards: send one message, waiting (bounded)
+    /// while the inbox is full. Returns false if it could not be delivered.
+    pub fn send_from_outside(&self, shard: ShardIdx, msg: ShardMsg) -> bool {
+        let mut batch = vec![msg];
+        for attempt in 0..1000u32 {
+            match self.send_batch(shard, batch) {
+                Ok(()) => return true,
+                Err(b) => {
+                    batch = b;
+                    std::thread::sleep(std::time::Duration::from_micros(100 + attempt as u64 * 10));
+                }
+            }
+        }
+        false
+    }
+
+    /// Register the shard's inbox task for wakeups.
+    pub fn register(&self, shard: ShardIdx, waker: &std::task::Waker) {
+        self.doors[shard].waker.register(waker);
+    }
+}

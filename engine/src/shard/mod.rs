@@ -1,0 +1,735 @@
+//! A shard: one thread, one monoio runtime, one SO_REUSEPORT listener, the
+//! connections of the users whose home it is, and the conversations it owns.
+//!
+//! Architecture invariants:
+//! - a connection is owned by exactly one shard (its user's home shard) after
+//!   `auth`; only that shard touches its socket after the handshake;
+//! - only a conversation's owner shard assigns its seqs (see `owner.rs`);
+//! - nothing here blocks on RocksDB except the two point reads in `owner.rs`
+//!   (dedup, user exists), which hit memtable/block cache/bloom filters.
+//!
+//! Tasks on the shard's runtime: the acceptor (`accept.rs`), one reader per
+//! connection (`reader.rs`), the inbox, the flusher and the ticker below. All
+//! state is in [`Shard`] behind `RefCell`s; no borrow is ever held across an
+//! `.await`.
+
+mod accept;
+pub mod conn;
+mod client;
+pub(crate) use client::authorize;
+mod reader;
+pub mod sockio;
+pub mod timer;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io::IoSlice;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use monoio::net::TcpStream;
+use tern_proto::{DeviceId, ServerFrame, Subprotocol, UserId};
+
+use crate::encoded::{ws_frame, Encoded};
+use crate::limits::*;
+use crate::mesh::{ConnRef, Inbox, Push, ShardIdx, ShardMsg};
+use crate::owner::Owner;
+use crate::shared::{now_ms, Shared};
+use crate::ws::codec::{close_frame, encode_frame, Assembler, OpCode};
+use conn::{Closing, Conn, Unacked};
+use timer::{TimerEntry, TimerKind, TimerWheel};
+
+/// Close codes the server uses (PROTOCOL.md).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Ack timeout, slow consumer, or heartbeat silence.
+    pub const TIMEOUT: u16 = 4408;
+    pub const KICKED: u16 = 4409;
+}
+
+/// A wakeup flag for one local task (the flusher).
+#[derive(Default)]
+pub(crate) struct LocalNotify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LocalNotify {
+    pub fn notify(&self) {
+        if !self.set.replace(true) {
+            if let Some(w) = self.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Connection slots with generations.
+#[derive(Default)]
+pub(crate) struct Slab {
+    slots: Vec<Option<Conn>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slab {
+    fn next_slot(&mut self) -> (u32, u32) {
+        if let Some(s) = self.free.pop() {
+            (s, self.gens[s as usize])
+        } else {
+            self.slots.push(None);
+            self.gens.push(0);
+            ((self.slots.len() - 1) as u32, 0)
+        }
+    }
+
+    fn get_mut(&mut self, slot: u32, gen: u32) -> Option<&mut Conn> {
+        match self.slots.get_mut(slot as usize) {
+            Some(Some(c)) if c.gen == gen => Some(c),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, slot: u32, gen: u32) -> Option<Conn> {
+        let s = self.slots.get_mut(slot as usize)?;
+        if s.as_ref().map(|c| c.gen) != Some(gen) {
+            return None;
+        }
+        let c = s.take();
+        self.gens[slot as usize] = gen.wrapping_add(1);
+        self.free.push(slot);
+        self.len -= 1;
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+pub(crate) struct Shard {
+    pub idx: ShardIdx,
+    pub shared: Arc<Shared>,
+    pub conns: RefCell<Slab>,
+    /// user → connection slots on this (its home) shard.
+    pub users: RefCell<HashMap<UserId, Vec<(u32, u32)>>>,
+    pub owner: RefCell<Owner>,
+    /// Mesh messages collected this pass, per destination shard.
+    outbox: RefCell<Vec<Vec<ShardMsg>>>,
+    outbox_pending: Cell<bool>,
+    /// Connections with output to write this pass.
+    dirty: RefCell<Vec<(u32, u32)>>,
+    flush: LocalNotify,
+    timers: RefCell<TimerWheel>,
+    /// Where every read lands (DESIGN.md: no per-connection read buffer).
+    pub scratch: RefCell<Vec<u8>>,
+    pub shutting_down: Cell<bool>,
+    stop: LocalNotify,
+}
+
+impl Shard {
+    fn new(idx: ShardIdx, shared: Arc<Shared>, owner: Owner) -> Shard {
+        let n = shared.mesh.n_shards();
+        let scratch = vec![0u8; shared.cfg.frame_bytes_max + 16 * 1024];
+        Shard {
+            idx,
+            shared,
+            conns: RefCell::new(Slab::default()),
+            users: RefCell::new(HashMap::new()),
+            owner: RefCell::new(owner),
+            outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            outbox_pending: Cell::new(false),
+            dirty: RefCell::new(Vec::new()),
+            flush: LocalNotify::default(),
+            timers: RefCell::new(TimerWheel::new(now_ms())),
+            scratch: RefCell::new(scratch),
+            shutting_down: Cell::new(false),
+            stop: LocalNotify::default(),
+        }
+    }
+
+    pub fn n_shards(&self) -> usize {
+        self.shared.mesh.n_shards()
+    }
+
+    /// Queue a mesh message; it leaves with this pass's batch for `dest`
+    /// (to this shard itself too: handled on the next pass, in order).
+    pub fn mesh_send(&self, dest: ShardIdx, msg: ShardMsg) {
+        self.outbox.borrow_mut()[dest].push(msg);
+        self.outbox_pending.set(true);
+        self.flush.notify();
+    }
+
+    // ----- connections -------------------------------------------------
+
+    /// Register an authenticated socket on its home shard; replaces an
+    /// existing connection of the same (user, device) (PROTOCOL.md session 4).
+    pub fn adopt(self: &Rc<Self>, stream: TcpStream, user: UserId, device: DeviceId, sp: Subprotocol, leftover: Vec<u8>) {
+        debug_assert_eq!(crate::mesh::home_shard(&user, self.n_shards()), self.idx);
+        let _ = stream.set_nodelay(true);
+        if self.shutting_down.get() {
+            return; // dropping the stream closes it
+        }
+        // Replace the same device.
+        let old: Vec<(u32, u32)> = self
+            .users
+            .borrow()
+            .get(&user)
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        for (slot, gen) in old {
+            let same = self.conns.borrow_mut().get_mut(slot, gen).map(|c| c.device == device).unwrap_or(false);
+            if same {
+                self.kick(slot, gen, "replaced");
+            }
+        }
+        let now = now_ms();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let stream = Rc::new(stream);
+        let (slot, gen) = {
+            let mut conns = self.conns.borrow_mut();
+            let (slot, gen) = conns.next_slot();
+            conns.slots[slot as usize] = Some(Conn {
+                gen,
+                stream: stream.clone(),
+                fd,
+                user: user.clone(),
+                device: device.clone(),
+                sp,
+                partial: Vec::new(),
+                asm: Assembler::new(self.shared.cfg.frame_bytes_max),
+                outq: Default::default(),
+                out_head_off: 0,
+                out_bytes: 0,
+                dirty: false,
+                write_waiting: false,
+                unacked: Default::default(),
+                ack_timer_armed: false,
+                last_rx_ms: now,
+                pinged: false,
+                closing: Closing::Open,
+            });
+            conns.len += 1;
+            (slot, gen)
+        };
+        self.users.borrow_mut().entry(user.clone()).or_default().push((slot, gen));
+        self.shared.stats.connections[self.idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ok = ServerFrame::AuthOk {
+            user: user.as_str().to_owned(),
+            device: device.as_str().to_owned(),
+            heartbeat_ms: self.shared.cfg.heartbeat_ms,
+            ack_timeout_ms: self.shared.cfg.ack_timeout_ms,
+            ts: now,
+        };
+        self.send_frame(slot, gen, &ok);
+        self.timers.borrow_mut().arm(now + self.shared.cfg.heartbeat_ms, TimerEntry { slot, gen, kind: TimerKind::Idle });
+        let me = self.clone();
+        monoio::spawn(reader::run(me, slot, gen, stream, leftover));
+    }
+
+    /// Called by the connection's reader task when it ends.
+    pub fn remove_conn(&self, slot: u32, gen: u32) {
+        let Some(c) = self.conns.borrow_mut().remove(slot, gen) else { return };
+        let mut users = self.users.borrow_mut();
+        if let Some(v) = users.get_mut(&c.user) {
+            v.retain(|&(s, g)| !(s == slot && g == gen));
+            if v.is_empty() {
+                users.remove(&c.user);
+            }
+        }
+        self.shared.stats.connections[self.idx].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // `c.stream` drops here (after the reader's clone): the fd closes.
+    }
+
+    pub fn conn_ref(&self, slot: u32, gen: u32) -> ConnRef {
+        ConnRef { shard: self.idx, slot, gen }
+    }
+
+    /// Encode `frame` for the connection's subprotocol and queue it.
+    pub fn send_frame(&self, slot: u32, gen: u32, frame: &ServerFrame) {
+        let sp = match self.conns.borrow_mut().get_mut(slot, gen) {
+            Some(c) => c.sp,
+            None => return,
+        };
+        self.enqueue(slot, gen, ws_frame(sp, frame));
+    }
+
+    /// Queue complete WebSocket frame bytes for a connection. A connection
+    /// whose queue passes [`OUTBOUND_BYTES_MAX`] is a slow consumer: closed.
+    pub fn enqueue(&self, slot: u32, gen: u32, bytes: Arc<[u8]>) {
+        let over = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot, gen) else { return };
+            if c.closing != Closing::Open {
+                return;
+            }
+            c.out_bytes += bytes.len();
+            c.outq.push_back(bytes);
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.borrow_mut().push((slot, gen));
+            }
+            c.out_bytes > OUTBOUND_BYTES_MAX
+        };
+        if over {
+            tracing::debug!(slot, "slow consumer: outbound queue full");
+            self.abort(slot, gen);
+        }
+        self.flush.notify();
+    }
+
+    /// Server-initiated close: close frame, then bounded wait for the client.
+    pub fn close(&self, slot: u32, gen: u32, code: u16, reason: &str) {
+        {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot, gen) else { return };
+            if c.closing != Closing::Open {
+                return;
+            }
+            let f: Arc<[u8]> = close_frame(code, reason).into();
+            c.out_bytes += f.len();
+            c.outq.push_back(f);
+            c.closing = Closing::CloseSent;
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.borrow_mut().push((slot, gen));
+            }
+        }
+        self.timers
+            .borrow_mut()
+            .arm(now_ms() + CLOSE_GRACE_MS, TimerEntry { slot, gen, kind: TimerKind::CloseGrace });
+        self.flush.notify();
+    }
+
+    /// Drop the connection now (no close handshake): its reader ends.
+    pub fn abort(&self, slot: u32, gen: u32) {
+        if let Some(c) = self.conns.borrow_mut().get_mut(slot, gen) {
+            sockio::shutdown(c.fd, libc::SHUT_RDWR);
+        }
+    }
+
+    /// `kicked` then close 4409.
+    pub fn kick(&self, slot: u32, gen: u32, reason: &str) {
+        self.send_frame(slot, gen, &ServerFrame::Kicked { reason: reason.to_owned() });
+        self.close(slot, gen, close_code::KICKED, reason);
+    }
+
+    /// Write this connection's queue now instead of at the end of the pass.
+    pub fn flush_now(self: &Rc<Self>, slot: u32, gen: u32) {
+        self.write_conn(slot, gen);
+    }
+
+    /// Write what is queued for one connection, as one `sendmsg` of up to
+    /// [`WRITEV_IOVECS_MAX`] frames, repeated while the socket takes it.
+    fn write_conn(self: &Rc<Self>, slot: u32, gen: u32) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(slot, gen) else { return };
+        c.dirty = false;
+        if c.write_waiting {
+            return;
+        }
+        // Bounded: each round removes >= 1 byte or stops.
+        while !c.outq.is_empty() {
+            let mut iov: [IoSlice<'_>; WRITEV_IOVECS_MAX] = [IoSlice::new(&[]); WRITEV_IOVECS_MAX];
+            let mut n_iov = 0;
+            for (i, f) in c.outq.iter().take(WRITEV_IOVECS_MAX).enumerate() {
+                iov[i] = IoSlice::new(if i == 0 { &f[c.out_head_off..] } else { &f[..] });
+                n_iov += 1;
+            }
+            match sockio::sendv_nb(c.fd, &iov[..n_iov]) {
+                Ok(mut n) => {
+                    c.out_bytes -= n;
+                    while n > 0 {
+                        let head_left = c.outq[0].len() - c.out_head_off;
+                        if n >= head_left {
+                            n -= head_left;
+                            c.outq.pop_front();
+                            c.out_head_off = 0;
+                        } else {
+                            c.out_head_off += n;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if sockio::would_block(&e) => {
+                    c.write_waiting = true;
+                    let stream = c.stream.clone();
+                    let me = self.clone();
+                    monoio::spawn(async move {
+                        let ok = stream.writable(false).await.is_ok();
+                        let mut conns = me.conns.borrow_mut();
+                        if let Some(c) = conns.get_mut(slot, gen) {
+                            c.write_waiting = false;
+                            if !ok {
+                                sockio::shutdown(c.fd, libc::SHUT_RDWR);
+                            } else if !c.dirty {
+                                c.dirty = true;
+                                me.dirty.borrow_mut().push((slot, gen));
+                            }
+                        }
+                        drop(conns);
+                        me.flush.notify();
+                    });
+                    return;
+                }
+                Err(_) => {
+                    sockio::shutdown(c.fd, libc::SHUT_RDWR);
+                    c.outq.clear();
+                    c.out_bytes = 0;
+                    return;
+                }
+            }
+        }
+        if c.closing == Closing::CloseSent {
+            // Our close frame is out: no more writes from us (RFC 6455 7.1.1
+            // lets the server close the TCP connection first).
+            sockio::shutdown(c.fd, libc::SHUT_WR);
+        }
+    }
+
+    /// End of a loop pass: send the mesh batches, write the dirty sockets.
+    fn flush_pass(self: &Rc<Self>) {
+        if self.outbox_pending.replace(false) {
+            let n = self.n_shards();
+            for dest in 0..n {
+                let batch = std::mem::take(&mut self.outbox.borrow_mut()[dest]);
+                if batch.is_empty() {
+                    continue;
+                }
+                if let Err(back) = self.shared.mesh.send_batch(dest, batch) {
+                    // Full inbox: keep it (in order, ahead of newer messages)
+                    // and retry on the next tick.
+                    let mut ob = self.outbox.borrow_mut();
+                    let newer = std::mem::replace(&mut ob[dest], back);
+                    ob[dest].extend(newer);
+                    self.outbox_pending.set(true);
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        for (slot, gen) in dirty {
+            self.write_conn(slot, gen);
+        }
+    }
+
+    // ----- pushes --------------------------------------------------------
+
+    /// Deliver a push to the named users' connections on this shard.
+    fn on_push(&self, p: Push) {
+        let now = now_ms();
+        let users = self.users.borrow();
+        for user in &p.users {
+            let Some(slots) = users.get(user) else { continue };
+            for &(slot, gen) in slots {
+                if p.except == Some(self.conn_ref(slot, gen)) {
+                    continue;
+                }
+                self.push_to(slot, gen, &p.frame, p.track.as_ref(), now);
+            }
+        }
+    }
+
+    fn push_to(&self, slot: u32, gen: u32, frame: &Encoded, track: Option<&(Arc<str>, u64)>, now: u64) {
+        let (bytes, arm, too_many) = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot, gen) else { return };
+            let bytes = frame.for_sp(c.sp).clone();
+            let mut arm = false;
+            if let Some((conv, seq)) = track {
+                c.unacked.push_back(Unacked { conv: conv.clone(), seq: *seq, frame: bytes.clone(), sent_ms: now, tries: 0 });
+                if !c.ack_timer_armed {
+                    c.ack_timer_armed = true;
+                    arm = true;
+                }
+            }
+            (bytes, arm, c.unacked.len() > UNACKED_MAX)
+        };
+        if arm {
+            self.timers
+                .borrow_mut()
+                .arm(now + self.shared.cfg.ack_timeout_ms, TimerEntry { slot, gen, kind: TimerKind::Ack });
+        }
+        self.enqueue(slot, gen, bytes);
+        self.shared.stats.deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if too_many {
+            self.close(slot, gen, close_code::TIMEOUT, "slow consumer");
+        }
+    }
+
+    /// Push `frame` to `users` wherever their home shards are: one mesh item
+    /// per home shard.
+    pub fn push_users(&self, users: Vec<UserId>, except: Option<ConnRef>, frame: Arc<Encoded>, track: Option<(Arc<str>, u64)>) {
+        let n = self.n_shards();
+        if n == 1 {
+            self.mesh_send(0, ShardMsg::Push(Push { users, except, frame, track }));
+            return;
+        }
+        let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
+        for u in users {
+            let h = crate::mesh::home_shard(&u, n);
+            by_home[h].push(u);
+        }
+        for (h, us) in by_home.into_iter().enumerate() {
+            if !us.is_empty() {
+                self.mesh_send(h, ShardMsg::Push(Push { users: us, except, frame: frame.clone(), track: track.clone() }));
+            }
+        }
+    }
+
+    // ----- timers --------------------------------------------------------
+
+    fn on_timer(&self, e: TimerEntry, now: u64) {
+        let hb = self.shared.cfg.heartbeat_ms;
+        let ack_timeout = self.shared.cfg.ack_timeout_ms;
+        match e.kind {
+            TimerKind::Idle => {
+                let mut ping = false;
+                let mut dead = false;
+                let next;
+                {
+                    let mut conns = self.conns.borrow_mut();
+                    let Some(c) = conns.get_mut(e.slot, e.gen) else { return };
+                    let silent = now.saturating_sub(c.last_rx_ms);
+                    if silent >= 2 * hb {
+                        dead = true;
+                        next = now + CLOSE_GRACE_MS;
+                    } else if silent >= hb && !c.pinged {
+                        c.pinged = true;
+                        ping = true;
+                        next = c.last_rx_ms + 2 * hb;
+                    } else if silent >= hb {
+                        next = c.last_rx_ms + 2 * hb;
+                    } else {
+                        next = c.last_rx_ms + hb;
+                    }
+                }
+                if dead {
+                    self.close(e.slot, e.gen, close_code::TIMEOUT, "heartbeat timeout");
+                    return;
+                }
+                if ping {
+                    let mut f = Vec::with_capacity(2);
+                    encode_frame(OpCode::Ping, &[], &mut f);
+                    self.enqueue(e.slot, e.gen, f.into());
+                }
+                self.timers.borrow_mut().arm(next, e);
+            }
+            TimerKind::Ack => {
+                let mut resend: Vec<Arc<[u8]>> = Vec::new();
+                let mut give_up = false;
+                let mut next = None;
+                {
+                    let mut conns = self.conns.borrow_mut();
+                    let Some(c) = conns.get_mut(e.slot, e.gen) else { return };
+                    // Bounded by UNACKED_MAX.
+                    for u in c.unacked.iter_mut() {
+                        if u.sent_ms + ack_timeout <= now {
+                            if u.tries >= REDELIVERY_TRIES_MAX {
+                                give_up = true;
+                                break;
+                            }
+                            u.tries += 1;
+                            u.sent_ms = now;
+                            resend.push(u.frame.clone());
+                        }
+                        let due = u.sent_ms + ack_timeout;
+                        next = Some(next.map_or(due, |n: u64| n.min(due)));
+                    }
+                    c.ack_timer_armed = next.is_some() && !give_up;
+                }
+                if give_up {
+                    self.close(e.slot, e.gen, close_code::TIMEOUT, "ack timeout");
+                    return;
+                }
+                for f in resend {
+                    self.shared.stats.redeliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.enqueue(e.slot, e.gen, f);
+                }
+                if let Some(at) = next {
+                    self.timers.borrow_mut().arm(at, e);
+                }
+            }
+            TimerKind::CloseGrace => self.abort(e.slot, e.gen),
+        }
+    }
+
+    // ----- inbox ---------------------------------------------------------
+
+    fn on_msg(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Adopt(a) => {
+                // SAFETY: the fd was dup'ed for us by the accepting shard and
+                // is owned by nobody else.
+                let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
+                match TcpStream::from_std(std) {
+                    Ok(s) => self.adopt(s, a.user, a.device, a.sp, a.leftover),
+                    Err(e) => tracing::warn!("adopting a socket failed: {e}"),
+                }
+            }
+            ShardMsg::Send(job) => crate::owner::on_send(self, job),
+            ShardMsg::Committed(results) => crate::owner::on_committed(self, results),
+            ShardMsg::Push(p) => self.on_push(p),
+            ShardMsg::Reply { conn, frame } => {
+                debug_assert_eq!(conn.shard, self.idx);
+                self.send_frame(conn.slot, conn.gen, &frame);
+            }
+            ShardMsg::Kick { user, device, reason, reply } => {
+                let slots: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
+                let mut n = 0;
+                for (slot, gen) in slots {
+                    let hit = match &device {
+                        None => true,
+                        Some(d) => self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| &c.device == d),
+                    };
+                    if hit {
+                        self.kick(slot, gen, &reason);
+                        n += 1;
+                    }
+                }
+                if let Some(r) = reply {
+                    let _ = r.send(n);
+                }
+            }
+            ShardMsg::Shutdown => {
+                self.shutting_down.set(true);
+                let me = self.clone();
+                monoio::spawn(async move { me.drain_and_stop().await });
+            }
+        }
+    }
+
+    /// Graceful shutdown: stop accepting (the acceptor checks the flag), let
+    /// in-flight sends complete, close every connection with 1001, wait
+    /// (bounded) for them to go.
+    async fn drain_and_stop(self: Rc<Self>) {
+        let deadline = now_ms() + SHUTDOWN_DRAIN_MS;
+        while self.owner.borrow().in_flight() > 0 && now_ms() < deadline {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let all: Vec<(u32, u32)> = {
+            let conns = self.conns.borrow();
+            conns
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i as u32, c.gen)))
+                .collect()
+        };
+        for (slot, gen) in all {
+            self.close(slot, gen, close_code::GOING_AWAY, "server shutting down");
+        }
+        while self.conns.borrow().len() > 0 && now_ms() < deadline + CLOSE_GRACE_MS {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.stop.notify();
+    }
+}
+
+/// The shard thread's body: runtime, tasks, until shutdown completes.
+pub(crate) fn run(idx: ShardIdx, shared: Arc<Shared>, inbox: Inbox, listener: std::net::TcpListener, owner: Owner) {
+    let body = async move {
+        let shard = Rc::new(Shard::new(idx, shared, owner));
+        match monoio::net::TcpListener::from_std(listener) {
+            Ok(l) => {
+                monoio::spawn(accept::run(shard.clone(), l));
+            }
+            Err(e) => {
+                tracing::error!(shard = idx, "listener: {e}");
+                return;
+            }
+        }
+        monoio::spawn(inbox_loop(shard.clone(), inbox));
+        monoio::spawn(flush_loop(shard.clone()));
+        monoio::spawn(tick_loop(shard.clone()));
+        shard.stop.wait().await;
+        // Last writes of close frames.
+        shard.flush_pass();
+    };
+    let entries = 4096;
+    if monoio::utils::detect_uring() {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(entries).enable_timer().build() {
+            Ok(mut rt) => return rt.block_on(body),
+            Err(e) => tracing::warn!(shard = idx, "io_uring runtime failed ({e}); using epoll"),
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => rt.block_on(body),
+        Err(e) => tracing::error!(shard = idx, "cannot build a runtime: {e}"),
+    }
+}
+
+async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
+    loop {
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            shard.shared.mesh.register(shard.idx, cx.waker());
+            if inbox.rx.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        for _ in 0..INBOX_BATCHES_PER_PASS_MAX {
+            let Ok(batch) = inbox.rx.try_recv() else { break };
+            for msg in batch {
+                shard.on_msg(msg);
+            }
+        }
+        // Let sockets and the flusher run before the next batch.
+        yield_now().await;
+    }
+}
+
+/// Give every other ready task a turn before continuing.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+async fn flush_loop(shard: Rc<Shard>) {
+    loop {
+        shard.flush.wait().await;
+        shard.flush_pass();
+    }
+}
+
+async fn tick_loop(shard: Rc<Shard>) {
+    let mut due = Vec::new();
+    loop {
+        monoio::time::sleep(Duration::from_millis(TIMER_TICK_MS)).await;
+        let now = now_ms();
+        shard.timers.borrow_mut().expire(now, &mut due);
+        for e in due.drain(..) {
+            shard.on_timer(e, now);
+        }
+        if shard.outbox_pending.get() {
+            shard.flush.notify();
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The read side of one connection: wait for readability, read into the
+//! shard's scratch buffer, cut WebSocket frames (keeping only a partial frame
+//! between reads), decode, then act on them with no borrow held.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
+use tern_proto::{decode_client, ClientFrame, DecodeError};
+
+use super::conn::Closing;
+use super::sockio::{recv_nb, would_block};
+use super::{close_code, Shard};
+use crate::shared::now_ms;
+use crate::ws::codec::{close_frame, encode_frame, parse_client_frame, Message, OpCode, WsError};
+
+/// Reads per readiness wakeup before yielding to other connections.
+const READS_PER_WAKE_MAX: usize = 4;
+
+/// What the bytes of one read asked for.
+pub(super) enum Action {
+    Frame(Result<ClientFrame, DecodeError>),
+    Ping(Vec<u8>),
+    Close(Option<u16>),
+    Fatal(WsError),
+}
+
+pub(super) async fn run(shard: Rc<Shard>, slot: u32, gen: u32, stream: Rc<TcpStream>, mut leftover: Vec<u8>) {
+    let fd = stream.as_raw_fd();
+    let mut actions = Vec::new();
+    if !leftover.is_empty() {
+        cut_frames(&shard, slot, gen, &mut leftover, &mut actions);
+        if !dispatch(&shard, slot, gen, &mut actions) {
+            return finish(&shard, slot, gen);
+        }
+    }
+    'conn: loop {
+        if stream.readable(false).await.is_err() {
+            break;
+        }
+        for _ in 0..READS_PER_WAKE_MAX {
+            let got = {
+                let mut scratch = shard.scratch.borrow_mut();
+                match recv_nb(fd, &mut scratch) {
+                    Ok(0) => break 'conn,
+                    Ok(n) => {
+                        cut_frames(&shard, slot, gen, &mut scratch[..n], &mut actions);
+                        Some(n == scratch.len())
+                    }
+                    Err(e) if would_block(&e) => None,
+                    Err(_) => break 'conn,
+                }
+            };
+            if !dispatch(&shard, slot, gen, &mut actions) {
+                break 'conn;
+            }
+            match got {
+                Some(true) => continue, // buffer was full: more may be waiting
+                _ => break,
+            }
+        }
+    }
+    finish(&shard, slot, gen);
+}
+
+fn finish(shard: &Rc<Shard>, slot: u32, gen: u32) {
+    shard.remove_conn(slot, gen);
+}
+
+/// Cut complete frames out of `data` (prefixed by the connection's partial
+/// frame, if any), reassemble messages, decode them into `actions`. Keeps the
+/// incomplete tail as the new partial frame.
+fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut Vec<Action>) {
+    let max = shard.shared.cfg.frame_bytes_max;
+    let mut conns = shard.conns.borrow_mut();
+    let Some(c) = conns.get_mut(slot, gen) else { return };
+    c.last_rx_ms = now_ms();
+    c.pinged = false;
+    let mut partial = std::mem::take(&mut c.partial);
+    let from_partial = !partial.is_empty();
+    let buf: &mut [u8] = if from_partial {
+        partial.extend_from_slice(data);
+        &mut partial[..]
+    } else {
+        data
+    };
+    let mut off = 0;
+    // Bounded: every round consumes one whole frame or stops.
+    loop {
+        match parse_client_frame(&mut buf[off..], max) {
+            Ok(None) => break,
+            Err(e) => {
+                actions.push(Action::Fatal(e));
+                c.partial = Vec::new();
+                return;
+            }
+            Ok(Some((h, range))) => {
+                let payload = &buf[off + range.start..off + range.end];
+                let next = off + h.header_len + h.payload_len;
+                match c.asm.push(&h, payload) {
+                    Ok(None) => {}
+                    Ok(Some(Message::Text(p))) | Ok(Some(Message::Binary(p))) => {
+                        if c.closing == Closing::Open {
+                            actions.push(Action::Frame(decode_client(c.sp, p)));
+                        }
+                    }
+                    Ok(Some(Message::Ping(p))) => actions.push(Action::Ping(p.to_vec())),
+                    Ok(Some(Message::Pong(_))) => {}
+                    Ok(Some(Message::Close(code, _))) => {
+                        actions.push(Action::Close(code));
+                        c.partial = Vec::new();
+                        return;
+                    }
+                    Err(e) => {
+                        actions.push(Action::Fatal(e));
+                        c.partial = Vec::new();
+                        return;
+                    }
+                }
+                off = next;
+            }
+        }
+    }
+    // Keep only the incomplete tail, and no capacity when there is none.
+    if off == buf.len() {
+        c.partial = Vec::new();
+    } else if from_partial {
+        partial.drain(..off);
+        c.partial = partial;
+    } else {
+        c.partial = buf[off..].to_vec();
+    }
+}
+
+/// Act on what was read. Returns false when the connection is done.
+fn dispatch(shard: &Rc<Shard>, slot: u32, gen: u32, actions: &mut Vec<Action>) -> bool {
+    let mut alive = true;
+    for a in actions.drain(..) {
+        if !alive {
+            continue;
+        }
+        match a {
+            Action::Frame(f) => super::client::on_frame(shard, slot, gen, f),
+            Action::Ping(p) => {
+                let mut f = Vec::with_capacity(p.len() + 2);
+                encode_frame(OpCode::Pong, &p, &mut f);
+                shard.enqueue(slot, gen, f.into());
+            }
+            Action::Close(code) => {
+                // Answer a client's close (or finish ours) and end.
+                let closing = shard.conns.borrow_mut().get_mut(slot, gen).map(|c| c.closing);
+                if closing == Some(Closing::Open) {
+                    let echo = match code {
+                        Some(c) => c,
+                        None => close_code::NORMAL,
+                    };
+                    shard.enqueue(slot, gen, close_frame(echo, "").into());
+                    if let Some(c) = shard.conns.borrow_mut().get_mut(slot, gen) {
+                        c.closing = Closing::CloseSent;
+                    }
+                    shard.flush_now(slot, gen);
+                }
+                shard.abort(slot, gen);
+                alive = false;
+            }
+            Action::Fatal(e) => {
+                shard.close(slot, gen, e.close_code(), &e.to_string());
+                // Keep reading until the client answers or the grace ends.
+            }
+        }
+    }
+    alive
+}

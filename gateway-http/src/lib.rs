@@ -1,0 +1,244 @@
+//! Tern's business HTTP API: axum on its own small tokio runtime, reaching the
+//! engine only through [`tern_engine::EngineHandle`].
+//!
+//! # Layout
+//! - `lib.rs`: [`start`] and [`Gateway::shutdown`]: runtime, listener, serve
+//!   loop, graceful stop.
+//! - `routes/`: the router (`routes/mod.rs`) and one file per resource
+//!   (`users.rs`, `messages.rs`); handlers translate HTTP DTOs to engine calls.
+//! - `auth.rs`: the API-key middleware on every `/v1` path.
+//! - `json.rs`: body, path and query extractors whose every rejection is a
+//!   JSON [`ApiError`](error::ApiError).
+//! - `error.rs`: the error body and the ONE mapping from protocol error codes
+//!   to HTTP statuses.
+//! - `engine.rs`: the narrow trait the handlers call; implemented by
+//!   `EngineHandle`, and by a fake in the unit tests.
+//!
+//! # Architecture invariants
+//! - This is the only crate that speaks HTTP business routes and owns their
+//!   DTOs; the engine never sees an HTTP type.
+//! - Every response, errors included, is JSON (`{"error":{"code","message"}}`
+//!   for errors); axum's plain-text rejections never reach a client.
+//! - No handler touches a client socket of the engine: everything goes through
+//!   the handle, so an HTTP send has the same path and guarantees as a
+//!   WebSocket send.
+
+mod auth;
+mod engine;
+mod error;
+mod json;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::serve::ListenerExt as _;
+use tern_engine::EngineHandle;
+use tokio::sync::watch;
+
+/// Default request body limit (PROTOCOL.md: "JSON bodies of at most 1 MiB").
+pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+
+/// Worker threads of the gateway's runtime. The gateway only parses JSON and
+/// awaits the engine; the shards own the cores, so two workers are plenty.
+const WORKER_THREADS: usize = 2;
+
+/// Pending connections the kernel queues before `accept`; absorbs a burst of
+/// business clients (re)connecting at once.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// How long [`Gateway::shutdown`] lets in-flight requests finish after the
+/// listener closed. A send that is already with the engine completes there
+/// regardless; this only bounds how long we wait to answer it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the runtime waits for its remaining tasks once the serve loop has
+/// returned (connections abandoned after [`SHUTDOWN_GRACE`]).
+const RUNTIME_STOP_MAX: Duration = Duration::from_secs(1);
+
+/// What [`start`] needs.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// Address to listen on (PROTOCOL.md default `0.0.0.0:7701`).
+    pub addr: SocketAddr,
+    /// The API key every `/v1` request must present as `Bearer`. Not empty.
+    pub api_key: String,
+    /// Largest accepted request body; larger ones get 413 `too_large`.
+    pub body_bytes_max: usize,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("GatewayConfig")
+            .field("addr", &self.addr)
+            .field("api_key", &"..")
+            .field("body_bytes_max", &self.body_bytes_max)
+            .finish()
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(thiserror::Error, Debug)]
+pub enum GatewayError {
+    /// An empty key would let `Authorization: Bearer ` through.
+    #[error("the API key is empty")]
+    EmptyApiKey,
+    /// The tokio runtime could not be built (threads, epoll).
+    #[error("cannot build the HTTP runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The address is taken, not local, or not permitted.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The serving thread could not be spawned.
+    #[error("cannot spawn the HTTP thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A running gateway. Dropping it stops it like [`Gateway::shutdown`].
+pub struct Gateway {
+    local_addr: SocketAddr,
+    /// `true` asks the serve loop to stop; dropping the sender does too.
+    stop: watch::Sender<bool>,
+    /// The thread that owns the runtime; `None` once joined.
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Bind the listener (synchronously, so the caller knows the port is taken
+/// before it reports ready), spawn the runtime and serve. Returns once the
+/// socket is listening: connections queue in the backlog until the serve loop
+/// accepts them.
+pub fn start(cfg: GatewayConfig, engine: EngineHandle) -> Result<Gateway, GatewayError> {
+    start_with(cfg, engine)
+}
+
+/// [`start`] over any [`engine::Engine`], so tests can serve a fake one.
+fn start_with<E: engine::Engine>(cfg: GatewayConfig, engine: E) -> Result<Gateway, GatewayError> {
+    if cfg.api_key.is_empty() {
+        return Err(GatewayError::EmptyApiKey);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .thread_name("tern-http")
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(GatewayError::Runtime)?;
+    let bind_err = |source| GatewayError::Bind { addr: cfg.addr, source };
+    let listener = {
+        // Registering the socket with the reactor needs the runtime's context.
+        let _guard = rt.enter();
+        bind(cfg.addr).map_err(bind_err)?
+    };
+    let local_addr = listener.local_addr().map_err(bind_err)?;
+
+    let app = routes::router(
+        Arc::new(routes::AppState { engine }),
+        Arc::new(auth::ApiKey::new(&cfg.api_key)),
+        cfg.body_bytes_max,
+    );
+    let (stop, stop_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("tern-http-serve".into())
+        .spawn(move || serve(rt, listener, app, stop_rx))
+        .map_err(GatewayError::Thread)?;
+    tracing::info!(%local_addr, "HTTP gateway listening");
+    Ok(Gateway { local_addr, stop, thread: Some(thread) })
+}
+
+impl Gateway {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Graceful stop: close the listener, let in-flight requests finish (at
+    /// most [`SHUTDOWN_GRACE`]), close idle keep-alive connections, join the
+    /// thread. Blocks; do not call it from a task of the gateway's runtime.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        // `send_replace` works even when the serve loop already ended.
+        self.stop.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the HTTP gateway thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restarts must not fail on connections in TIME_WAIT. (Without
+    // SO_REUSEPORT a second live listener on the port is still refused.)
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Body of the serving thread: run until asked to stop, then drain.
+fn serve(
+    rt: tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+) {
+    rt.block_on(async move {
+        let mut graceful = stop.clone();
+        let mut deadline = stop;
+        // Small JSON answers must not wait for Nagle.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        });
+        // Stops accepting, lets each connection finish its current request
+        // and closes idle ones. A dropped sender counts as "stop".
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = graceful.wait_for(|stop| *stop).await;
+        });
+        let deadline = async move {
+            let _ = deadline.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            res = server => {
+                if let Err(e) = res {
+                    tracing::error!("HTTP gateway stopped: {e}");
+                }
+            }
+            () = deadline => {
+                tracing::warn!(
+                    "HTTP requests still in flight {}s after shutdown began; dropping them",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+            }
+        }
+    });
+    rt.shutdown_timeout(RUNTIME_STOP_MAX);
+    tracing::info!("HTTP gateway stopped");
+}
+
+#[cfg(test)]
+mod tests;

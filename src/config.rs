@@ -1,0 +1,201 @@
+//! `tern serve` settings: flags override the TOML file (`--config`), which
+//! overrides the defaults of PROTOCOL.md "Running". Every key of the TOML
+//! file has the flag's name with `_` for `-`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tern_storage::Durability;
+
+/// Flags of `tern serve`.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the database, API key and token key live [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// WebSocket listen address [default: 0.0.0.0:7700].
+    #[arg(long, value_name = "ADDR")]
+    pub ws_addr: Option<SocketAddr>,
+    /// HTTP API listen address [default: 0.0.0.0:7701].
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// API key for /v1 routes [default: generated once, kept in the data dir].
+    #[arg(long, env = "TERN_API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Number of shards (threads) [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// fsync: WAL synced before every ack; os: written, not synced; none: no WAL [default: fsync].
+    #[arg(long, value_name = "MODE")]
+    pub durability: Option<String>,
+    /// Largest client frame in bytes; larger closes with 1009 [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Heartbeat announced in auth_ok; silence for twice this closes [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Unacked pushes are pushed again after this [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub ack_timeout_ms: Option<u64>,
+    /// Window for deduplicating (sender, cmid) [default: 86400].
+    #[arg(long, value_name = "S")]
+    pub dedup_window_s: Option<u64>,
+    /// Messages older than this are deleted [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u64>,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Log filter (tracing EnvFilter syntax; RUST_LOG wins) [default: info].
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// Keys of the TOML file.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    ws_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    api_key: Option<String>,
+    shards: Option<usize>,
+    durability: Option<String>,
+    max_frame_bytes: Option<usize>,
+    heartbeat_ms: Option<u64>,
+    ack_timeout_ms: Option<u64>,
+    dedup_window_s: Option<u64>,
+    retention_days: Option<u64>,
+    pin_cores: Option<bool>,
+    http_body_bytes_max: Option<usize>,
+    log: Option<String>,
+}
+
+/// The merged settings.
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub ws_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub api_key: Option<String>,
+    pub shards: usize,
+    pub durability: Durability,
+    pub max_frame_bytes: usize,
+    pub heartbeat_ms: u64,
+    pub ack_timeout_ms: u64,
+    pub dedup_window_s: u64,
+    pub retention_days: u64,
+    pub pin_cores: bool,
+    pub http_body_bytes_max: usize,
+    pub log: String,
+}
+
+/// Bounds on tunables, so a typo cannot make the server unusable.
+const FRAME_BYTES_MIN: usize = 1024;
+const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+const SHARDS_MAX: usize = 1024;
+
+fn parse_durability(s: &str) -> anyhow::Result<Durability> {
+    Ok(match s {
+        "fsync" => Durability::Fsync,
+        "os" => Durability::Os,
+        "none" => Durability::None,
+        other => bail!("durability must be fsync, os or none, not {other:?}"),
+    })
+}
+
+impl Settings {
+    pub fn load(a: ServeArgs) -> anyhow::Result<Settings> {
+        let f: FileConfig = match &a.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("bad config file {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let s = Settings {
+            data_dir: a.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            ws_addr: a.ws_addr.or(f.ws_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7700))),
+            http_addr: a.http_addr.or(f.http_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7701))),
+            api_key: a.api_key.or(f.api_key),
+            shards: a.shards.or(f.shards).unwrap_or(cores),
+            durability: parse_durability(a.durability.as_deref().or(f.durability.as_deref()).unwrap_or("fsync"))?,
+            max_frame_bytes: a.max_frame_bytes.or(f.max_frame_bytes).unwrap_or(64 * 1024),
+            heartbeat_ms: a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(30_000),
+            ack_timeout_ms: a.ack_timeout_ms.or(f.ack_timeout_ms).unwrap_or(10_000),
+            dedup_window_s: a.dedup_window_s.or(f.dedup_window_s).unwrap_or(24 * 3600),
+            retention_days: a.retention_days.or(f.retention_days).unwrap_or(30),
+            pin_cores: !a.no_pin && f.pin_cores.unwrap_or(true),
+            http_body_bytes_max: f.http_body_bytes_max.unwrap_or(1024 * 1024),
+            log: a.log.or(f.log).unwrap_or_else(|| "info".to_owned()),
+        };
+        if s.shards == 0 || s.shards > SHARDS_MAX {
+            bail!("shards must be 1..={SHARDS_MAX}");
+        }
+        if !(FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&s.max_frame_bytes) {
+            bail!("max_frame_bytes must be {FRAME_BYTES_MIN}..={FRAME_BYTES_MAX}");
+        }
+        if s.heartbeat_ms < 100 || s.ack_timeout_ms < 100 {
+            bail!("heartbeat_ms and ack_timeout_ms must be at least 100");
+        }
+        if let Some(k) = &s.api_key {
+            if k.len() < 8 || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!("the API key must be 8-256 printable ASCII characters");
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// Write a new secret file readable by the owner only; never overwrite.
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The API key: given, or kept in `<data>/api_key`, or generated now (and
+/// printed this once).
+pub fn api_key(s: &Settings) -> anyhow::Result<String> {
+    if let Some(k) = &s.api_key {
+        return Ok(k.clone());
+    }
+    let path = s.data_dir.join("api_key");
+    if path.exists() {
+        let k = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(k.trim().to_owned());
+    }
+    use rand::Rng;
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill(&mut bytes);
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_secret(&path, key.as_bytes())?;
+    println!("generated API key (kept in {}): {key}", path.display());
+    Ok(key)
+}
+
+/// The token signing key, kept in `<data>/token.key`.
+pub fn token_key(data_dir: &Path) -> anyhow::Result<tern_engine::token::TokenKey> {
+    let path = data_dir.join("token.key");
+    if path.exists() {
+        let b = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let arr: [u8; 32] = b.as_slice().try_into().map_err(|_| anyhow::anyhow!("{} is not 32 bytes", path.display()))?;
+        return Ok(tern_engine::token::TokenKey::from_bytes(arr));
+    }
+    let k = tern_engine::token::TokenKey::generate().context("cannot generate the token key")?;
+    write_secret(&path, k.as_bytes())?;
+    Ok(k)
+}

@@ -1,0 +1,736 @@
+//! Tern storage: RocksDB schema, the group-commit writer, reads, retention.
+//!
+//! This is the only crate that names RocksDB; no RocksDB type appears in its
+//! public API. It knows nothing about sockets, shards or frames: it stores
+//! timeline entries (`tern_proto::Entry`, as opaque storage bytes plus the
+//! seq and ts it needs for keys), users, read positions and dedup records.
+//!
+//! # Layout
+//! - `lib.rs`: [`Storage`]: open (never silently over existing files),
+//!   recovery reads, blocking reads, user rows.
+//! - `writer.rs`: [`WriterHandle`] and the `tern-writer` thread: bounded
+//!   queue → one `WriteBatch` per drain → one WAL sync → [`CommitSink`].
+//! - `keys.rs`: key and value layouts of every column family.
+//! - `tuning.rs`: every RocksDB option, and the expiry compaction filters.
+//! - `error.rs`: [`StorageError`].
+//!
+//! # Invariants
+//! - Only the writer thread writes `msgs`, `convs`, `dedup`, `user_convs`
+//!   and `read`. It holds the committed max seq of every conversation and
+//!   writes an entry only if its seq is exactly that + 1, so the stored
+//!   timeline of a conversation never has a gap and never reuses a seq.
+//! - A request is reported committed only after its batch's write returned
+//!   (with [`Durability::Fsync`]: after the WAL was synced).
+//! - `convs` is never filtered or deleted from, so after retention drops old
+//!   entries the next seq is still max + 1.
+
+#![warn(missing_docs)]
+
+mod error;
+mod keys;
+mod tuning;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rocksdb::{ColumnFamily, ReadOptions, WriteBatch, WriteOptions, DB};
+use tern_proto::{ConvId, Entry, UserId};
+
+pub use error::StorageError;
+pub use writer::{CommitSink, WriteOp, WriteRequest, WriterHandle, BATCH_MAX, WRITE_QUEUE_MAX};
+
+use tuning::{
+    CF_CONVS, CF_DEDUP, CF_META, CF_MSGS, CF_READ, CF_TOKENS_REVOKED, CF_USERS, CF_USER_CONVS,
+};
+
+/// Schema version written at creation and checked at every open. Bump it
+/// when a key or value layout changes incompatibly.
+const SCHEMA_VERSION: u32 = 1;
+/// `meta` key of the schema version (u32 BE).
+const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+/// Most entries one read returns, whatever the caller asks for: bounds the
+/// memory of one read. Callers see `has_more` and continue.
+pub const READ_LIMIT_MAX: usize = 10_000;
+/// Capacity reserved up front for a read's result, so a large `limit` on a
+/// short conversation does not allocate for nothing.
+const READ_PREALLOC_MAX: usize = 256;
+
+/// When a write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The WAL is synced to disk once per batch before anything is reported
+    /// committed: a crash loses nothing acknowledged.
+    Fsync,
+    /// The WAL is written but not synced: survives a process crash, not a
+    /// machine crash.
+    Os,
+    /// No WAL: only flushed memtables survive a crash (clean shutdown
+    /// flushes).
+    None,
+}
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// The RocksDB directory. Created if missing; must be empty or hold a
+    /// Tern database.
+    pub path: PathBuf,
+    /// When a write counts as done.
+    pub durability: Durability,
+    /// How long a (conv, sender, cmid) stays deduplicated.
+    pub dedup_window_ms: u64,
+    /// How long timeline entries are kept; 0 keeps them forever.
+    pub retention_ms: u64,
+}
+
+/// A user's view of one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvState {
+    /// The conversation.
+    pub conv: ConvId,
+    /// Its committed max seq (0: nothing stored yet).
+    pub max_seq: u64,
+    /// The user's read position in it (0: nothing read).
+    pub read_seq: u64,
+}
+
+/// A row of the `users` column family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// The user.
+    pub user: UserId,
+    /// Display name.
+    pub name: Option<String>,
+    /// Opaque JSON metadata, stored as given.
+    pub meta_json: Option<String>,
+    /// ms since the epoch when the row was first created; kept by upserts.
+    pub created_ts: u64,
+}
+
+/// The stored form of a [`UserRow`] (the id is the key).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct UserValue {
+    name: Option<String>,
+    meta_json: Option<String>,
+    created_ts: u64,
+}
+
+/// A snapshot of the storage counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageStats {
+    /// Batches the writer committed (or tried to).
+    pub batches: u64,
+    /// Timeline entries written.
+    pub entries_written: u64,
+    /// Sum and max of requests per batch.
+    pub batch_size_sum: u64,
+    /// Largest batch so far.
+    pub batch_size_max: u64,
+    /// Sum of the time spent in RocksDB writes, µs.
+    pub commit_latency_us_sum: u64,
+    /// Longest RocksDB write, µs.
+    pub commit_latency_us_max: u64,
+    /// Requests answered with an error (rejected or failed).
+    pub errors: u64,
+    /// Requests queued for the writer right now.
+    pub queue_depth: u64,
+}
+
+/// The counters behind [`StorageStats`]; only the writer thread adds to
+/// them, anyone reads.
+#[derive(Default)]
+struct StatsCounters {
+    batches: AtomicU64,
+    entries_written: AtomicU64,
+    batch_size_sum: AtomicU64,
+    batch_size_max: AtomicU64,
+    commit_latency_us_sum: AtomicU64,
+    commit_latency_us_max: AtomicU64,
+    errors: AtomicU64,
+    /// Shared with the writer: its queue-state word (see `writer.rs`).
+    queue_state: Arc<AtomicU64>,
+}
+
+struct Inner {
+    db: DB,
+    durability: Durability,
+    dedup_window_ms: u64,
+    stats: StatsCounters,
+    /// Set by the first `start_writer`: two writers would each believe they
+    /// own the seq of every conversation.
+    writer_started: AtomicBool,
+    /// Serializes user upserts and deletes (read-modify-write of a row).
+    users_lock: Mutex<()>,
+    /// conv key → max seq, loaded from `convs` at open (so a corrupt
+    /// `convs` fails the open), handed to the writer by `start_writer`.
+    heads: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+/// The database. Cheap to clone; all clones share one RocksDB instance.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("path", &self.inner.db.path())
+            .field("durability", &self.inner.durability)
+            .finish()
+    }
+}
+
+/// What is at the data path before opening.
+enum DirState {
+    /// Missing or empty: create a new database.
+    Fresh,
+    /// Holds a RocksDB `CURRENT` file: open the existing database.
+    Existing,
+}
+
+fn inspect_dir(path: &Path) -> Result<DirState, StorageError> {
+    let io = |e: std::io::Error| StorageError::Io(format!("{}: {e}", path.display()));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DirState::Fresh),
+        Err(e) => return Err(io(e)),
+        Ok(m) if !m.is_dir() => {
+            return Err(StorageError::NotADatabase(format!(
+                "{} exists and is not a directory",
+                path.display()
+            )))
+        }
+        Ok(_) => {}
+    }
+    if std::fs::read_dir(path).map_err(io)?.next().is_none() {
+        return Ok(DirState::Fresh);
+    }
+    if path.join("CURRENT").is_file() {
+        Ok(DirState::Existing)
+    } else {
+        Err(StorageError::NotADatabase(format!(
+            "{} is not empty but has no RocksDB CURRENT file; refusing to create a database over \
+             existing files (point the data path at an empty or missing directory)",
+            path.display()
+        )))
+    }
+}
+
+/// Adds context (the operation, the path) to a RocksDB error.
+fn ctx(what: &str, e: rocksdb::Error) -> StorageError {
+    match StorageError::from(e) {
+        StorageError::Corrupt(m) => StorageError::Corrupt(format!("{what}: {m}")),
+        StorageError::Io(m) => StorageError::Io(format!("{what}: {m}")),
+        StorageError::Db(m) => StorageError::Db(format!("{what}: {m}")),
+        other => other,
+    }
+}
+
+impl Storage {
+    /// Opens the database at `opts.path`.
+    ///
+    /// Creates the DB only when the directory is missing or empty. A
+    /// directory with files but no valid DB, or a corrupt DB, is an error
+    /// with a clear message (never a silent new DB).
+    pub fn open(opts: StorageOptions) -> Result<Storage, StorageError> {
+        let path = &opts.path;
+        let state = inspect_dir(path)?;
+        let create = matches!(state, DirState::Fresh);
+        if create {
+            std::fs::create_dir_all(path)
+                .map_err(|e| StorageError::Io(format!("create {}: {e}", path.display())))?;
+        }
+        let (db_opts, cfs) = tuning::db_options(
+            opts.durability,
+            create,
+            opts.retention_ms,
+            opts.dedup_window_ms,
+        );
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| ctx(&format!("open {}", path.display()), e))?;
+        let storage = Storage {
+            inner: Arc::new(Inner {
+                db,
+                durability: opts.durability,
+                dedup_window_ms: opts.dedup_window_ms,
+                stats: StatsCounters::default(),
+                writer_started: AtomicBool::new(false),
+                users_lock: Mutex::new(()),
+                heads: Mutex::new(HashMap::new()),
+            }),
+        };
+        storage.check_schema(create)?;
+        let mut heads = HashMap::new();
+        storage.scan_raw_heads(|conv, seq| {
+            heads.insert(conv.to_vec(), seq);
+            Ok(())
+        })?;
+        *storage.heads_guard() = heads;
+        tracing::info!(
+            path = %path.display(),
+            created = create,
+            durability = ?opts.durability,
+            "storage open"
+        );
+        Ok(storage)
+    }
+
+    /// Writes the schema version into a new DB, checks it in an old one.
+    fn check_schema(&self, created: bool) -> Result<(), StorageError> {
+        let meta = self.cf(CF_META)?;
+        let db = &self.inner.db;
+        let stored = db
+            .get_pinned_cf(meta, META_SCHEMA_VERSION)
+            .map_err(|e| ctx("read schema version", e))?;
+        match stored {
+            Some(v) => {
+                let v: [u8; 4] = v.as_ref().try_into().map_err(|_| {
+                    StorageError::Corrupt(format!("schema version has {} bytes", v.len()))
+                })?;
+                let v = u32::from_be_bytes(v);
+                if v != SCHEMA_VERSION {
+                    return Err(StorageError::NotADatabase(format!(
+                        "schema version {v}, this build reads {SCHEMA_VERSION}"
+                    )));
+                }
+                Ok(())
+            }
+            // A DB created by an earlier start that died before this write
+            // holds nothing else; anything else without a version is not ours.
+            None if created || self.is_blank()? => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                db.put_cf_opt(meta, META_SCHEMA_VERSION, SCHEMA_VERSION.to_be_bytes(), &wo)
+                    .map_err(|e| ctx("write schema version", e))
+            }
+            None => Err(StorageError::NotADatabase(
+                "a RocksDB database without a Tern schema version".into(),
+            )),
+        }
+    }
+
+    /// True when no column family holds a key.
+    fn is_blank(&self) -> Result<bool, StorageError> {
+        for name in tuning::ALL_CFS {
+            let mut it = self.inner.db.raw_iterator_cf(self.cf(name)?);
+            it.seek_to_first();
+            if it.valid() {
+                return Ok(false);
+            }
+            it.status().map_err(|e| ctx("scan", e))?;
+        }
+        Ok(true)
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
+        self.inner
+            .db
+            .cf_handle(name)
+            .ok_or_else(|| StorageError::Corrupt(format!("column family {name} missing")))
+    }
+
+    /// Starts the group-commit writer thread ("tern-writer").
+    ///
+    /// # Panics
+    /// If called twice on the same database: the writer owns the seq of
+    /// every conversation, and there can be only one owner.
+    pub fn start_writer(&self, sink: Arc<dyn CommitSink>) -> WriterHandle {
+        let already = self.inner.writer_started.swap(true, Ordering::SeqCst);
+        assert!(!already, "start_writer called twice");
+        writer::start(self.clone(), sink)
+    }
+
+    // ---- recovery ----
+
+    /// Every conversation and its committed max seq, in key order.
+    pub fn conv_heads(&self) -> Result<Vec<(ConvId, u64)>, StorageError> {
+        let mut heads = Vec::new();
+        self.scan_raw_heads(|key, seq| {
+            let conv = parse_conv(key)?;
+            heads.push((conv, seq));
+            Ok(())
+        })?;
+        Ok(heads)
+    }
+
+    /// Every (conv key bytes, max seq) of `convs`, for the writer's map.
+    fn scan_raw_heads(
+        &self,
+        mut f: impl FnMut(&[u8], u64) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_CONVS)?);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let seq = keys::decode_u64(v).ok_or_else(|| {
+                StorageError::Corrupt(format!("convs value of {} bytes", v.len()))
+            })?;
+            f(k, seq)?;
+            it.next();
+        }
+        it.status().map_err(|e| ctx("scan convs", e))
+    }
+
+    /// Every user whose tokens were revoked, with the revocation time (ms).
+    pub fn revoked_users(&self) -> Result<Vec<(UserId, u64)>, StorageError> {
+        let mut out = Vec::new();
+        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_TOKENS_REVOKED)?);
+        it.seek_to_first();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let at = keys::decode_u64(v).ok_or_else(|| {
+                StorageError::Corrupt(format!("tokens_revoked value of {} bytes", v.len()))
+            })?;
+            out.push((parse_user(k)?, at));
+            it.next();
+        }
+        it.status().map_err(|e| ctx("scan tokens_revoked", e))?;
+        Ok(out)
+    }
+
+    // ---- reads ----
+
+    /// The entries of `conv` with seq > `after`, in seq order, at most
+    /// `limit` (and at most [`READ_LIMIT_MAX`]); `has_more` when more follow.
+    pub fn read_entries(
+        &self,
+        conv: &ConvId,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_MAX));
+        let has_more = self.scan_entries(conv, after, limit, |seq, bytes| {
+            let entry = Entry::from_storage_bytes(bytes)
+                .map_err(|e| StorageError::Corrupt(format!("entry {conv} seq {seq}: {e}")))?;
+            debug_assert_eq!(entry.seq(), seq, "entry seq differs from its key");
+            out.push(entry);
+            Ok(())
+        })?;
+        Ok((out, has_more))
+    }
+
+    /// Like [`Storage::read_entries`], but returns each entry's storage
+    /// bytes (`Entry::to_storage_bytes`) without decoding them.
+    pub fn read_entries_raw(
+        &self,
+        conv: &ConvId,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StorageError> {
+        let mut out = Vec::with_capacity(limit.min(READ_PREALLOC_MAX));
+        let has_more = self.scan_entries(conv, after, limit, |_, bytes| {
+            out.push(bytes.to_vec());
+            Ok(())
+        })?;
+        Ok((out, has_more))
+    }
+
+    /// Calls `f(seq, entry bytes)` for up to `limit` entries after `after`;
+    /// returns whether more entries follow.
+    fn scan_entries(
+        &self,
+        conv: &ConvId,
+        after: u64,
+        limit: usize,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<bool, StorageError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(false);
+        };
+        let limit = limit.min(READ_LIMIT_MAX);
+        let conv_key = conv.to_string();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(conv_key.as_bytes()));
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_MSGS)?, ro);
+        it.seek(keys::msg_key(conv_key.as_bytes(), first));
+        let mut n_read = 0usize;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if n_read == limit {
+                return Ok(true);
+            }
+            let seq = keys::msg_key_seq(k)
+                .ok_or_else(|| StorageError::Corrupt(format!("msgs key of {conv}")))?;
+            let (_ts, bytes) = keys::split_msg_value(v)
+                .ok_or_else(|| StorageError::Corrupt(format!("msgs value {conv} seq {seq}")))?;
+            f(seq, bytes)?;
+            n_read += 1;
+            it.next();
+        }
+        it.status().map_err(|e| ctx("scan msgs", e))?;
+        Ok(false)
+    }
+
+    /// The (seq, ts) first assigned to (conv, sender, cmid), unless that was
+    /// longer than the dedup window before `now_ms` (expired → `None`).
+    pub fn dedup_lookup(
+        &self,
+        conv: &ConvId,
+        sender: &str,
+        cmid: &str,
+        now_ms: u64,
+    ) -> Result<Option<(u64, u64)>, StorageError> {
+        let conv_key = conv.to_string();
+        let Some(key) = keys::dedup_key(conv_key.as_bytes(), sender.as_bytes(), cmid.as_bytes())
+        else {
+            // Such a sender can never have been recorded.
+            return Ok(None);
+        };
+        let Some(v) = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_DEDUP)?, key)
+            .map_err(|e| ctx("dedup lookup", e))?
+        else {
+            return Ok(None);
+        };
+        let (seq, ts) = keys::decode_dedup_value(&v)
+            .ok_or_else(|| StorageError::Corrupt(format!("dedup value of {} bytes", v.len())))?;
+        if now_ms.saturating_sub(ts) > self.inner.dedup_window_ms {
+            return Ok(None);
+        }
+        Ok(Some((seq, ts)))
+    }
+
+    /// The dm conversations indexed for `user` (by `WriteOp::Append`'s
+    /// `index_users`), each with its max seq and this user's read seq.
+    pub fn user_dm_convs(&self, user: &UserId) -> Result<Vec<ConvState>, StorageError> {
+        let user_key = user.as_str().as_bytes();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(user_key));
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_USER_CONVS)?, ro);
+        it.seek(keys::prefix_start(user_key));
+        let mut conv_keys: Vec<Vec<u8>> = Vec::new();
+        while let Some(k) = it.key() {
+            let (_, conv) = keys::split_pair(k)
+                .ok_or_else(|| StorageError::Corrupt("user_convs key without separator".into()))?;
+            conv_keys.push(conv.to_vec());
+            it.next();
+        }
+        it.status().map_err(|e| ctx("scan user_convs", e))?;
+        conv_keys
+            .iter()
+            .map(|conv| self.state_of(user_key, conv))
+            .collect()
+    }
+
+    /// `user`'s view of `conv`; zeros for a conversation never written.
+    pub fn conv_state(&self, user: &UserId, conv: &ConvId) -> Result<ConvState, StorageError> {
+        self.state_of(user.as_str().as_bytes(), conv.to_string().as_bytes())
+    }
+
+    fn state_of(&self, user: &[u8], conv: &[u8]) -> Result<ConvState, StorageError> {
+        let db = &self.inner.db;
+        let max_seq = match db
+            .get_pinned_cf(self.cf(CF_CONVS)?, conv)
+            .map_err(|e| ctx("read convs", e))?
+        {
+            Some(v) => {
+                keys::decode_u64(&v).ok_or_else(|| StorageError::Corrupt("convs value".into()))?
+            }
+            None => 0,
+        };
+        let read_seq = self.read_seq(user, conv)?;
+        Ok(ConvState {
+            conv: parse_conv(conv)?,
+            max_seq,
+            read_seq,
+        })
+    }
+
+    /// The stored read seq of (user, conv); 0 when none.
+    fn read_seq(&self, user: &[u8], conv: &[u8]) -> Result<u64, StorageError> {
+        match self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_READ)?, keys::pair_key(user, conv))
+            .map_err(|e| ctx("read read-seq", e))?
+        {
+            Some(v) => {
+                keys::decode_u64(&v).ok_or_else(|| StorageError::Corrupt("read value".into()))
+            }
+            None => Ok(0),
+        }
+    }
+
+    // ---- users ----
+
+    /// The user's row, if it exists.
+    pub fn get_user(&self, user: &UserId) -> Result<Option<UserRow>, StorageError> {
+        let Some(v) = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_USERS)?, user.as_str())
+            .map_err(|e| ctx("read user", e))?
+        else {
+            return Ok(None);
+        };
+        let value = rkyv::from_bytes::<UserValue, rkyv::rancor::Error>(&v)
+            .map_err(|e| StorageError::Corrupt(format!("user {}: {e}", user.as_str())))?;
+        Ok(Some(UserRow {
+            user: user.clone(),
+            name: value.name,
+            meta_json: value.meta_json,
+            created_ts: value.created_ts,
+        }))
+    }
+
+    /// Whether the user's row exists.
+    pub fn user_exists(&self, user: &UserId) -> Result<bool, StorageError> {
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_USERS)?, user.as_str())
+            .map_err(|e| ctx("read user", e))?
+            .is_some())
+    }
+
+    /// Upsert (created_ts kept from an existing row). Synchronous write,
+    /// synced per durability. Returns the row as stored.
+    pub fn put_user(&self, row: &UserRow) -> Result<UserRow, StorageError> {
+        let _guard = self.users_guard();
+        let created_ts = match self.get_user(&row.user)? {
+            Some(old) => old.created_ts,
+            None => row.created_ts,
+        };
+        let value = UserValue {
+            name: row.name.clone(),
+            meta_json: row.meta_json.clone(),
+            created_ts,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value)
+            .map_err(|e| StorageError::Invalid(format!("encode user: {e}")))?;
+        self.inner
+            .db
+            .put_cf_opt(
+                self.cf(CF_USERS)?,
+                row.user.as_str(),
+                &bytes,
+                &self.write_options(),
+            )
+            .map_err(|e| ctx("write user", e))?;
+        Ok(UserRow {
+            created_ts,
+            ..row.clone()
+        })
+    }
+
+    /// Deletes the row and records `revoked_at_ms` in `tokens_revoked` (one
+    /// atomic batch). `Ok(false)` if the user does not exist (nothing is
+    /// recorded then).
+    pub fn delete_user(&self, user: &UserId, revoked_at_ms: u64) -> Result<bool, StorageError> {
+        let _guard = self.users_guard();
+        if !self.user_exists(user)? {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_USERS)?, user.as_str());
+        batch.put_cf(
+            self.cf(CF_TOKENS_REVOKED)?,
+            user.as_str(),
+            revoked_at_ms.to_be_bytes(),
+        );
+        self.inner
+            .db
+            .write_opt(batch, &self.write_options())
+            .map_err(|e| ctx("delete user", e))?;
+        Ok(true)
+    }
+
+    fn heads_guard(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, u64>> {
+        // Poison-tolerant for the same reason as `users_guard`: the map is
+        // only ever replaced whole.
+        self.inner
+            .heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The heads loaded at open, for the one writer.
+    fn take_heads(&self) -> HashMap<Vec<u8>, u64> {
+        std::mem::take(&mut *self.heads_guard())
+    }
+
+    /// Flushes every memtable to SST files (all CFs together).
+    fn flush_all(&self) -> Result<(), StorageError> {
+        let cfs = tuning::ALL_CFS
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner
+            .db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(|e| ctx("flush", e))
+    }
+
+    fn users_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The lock guards no data, so a panic while holding it left nothing
+        // half-done: a poisoned lock is as good as a healthy one.
+        self.inner
+            .users_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Write options for the configured durability.
+    fn write_options(&self) -> WriteOptions {
+        write_options(self.inner.durability)
+    }
+
+    /// A snapshot of the counters (a few atomic loads).
+    pub fn stats(&self) -> StorageStats {
+        let s = &self.inner.stats;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StorageStats {
+            batches: ld(&s.batches),
+            entries_written: ld(&s.entries_written),
+            batch_size_sum: ld(&s.batch_size_sum),
+            batch_size_max: ld(&s.batch_size_max),
+            commit_latency_us_sum: ld(&s.commit_latency_us_sum),
+            commit_latency_us_max: ld(&s.commit_latency_us_max),
+            errors: ld(&s.errors),
+            queue_depth: writer::queued(ld(&s.queue_state)),
+        }
+    }
+
+    /// Runs a full compaction of the expiring column families (`msgs`,
+    /// `dedup`) now, so retention and the dedup window apply at once rather
+    /// than at the next background compaction. For tests and operators.
+    pub fn compact_expiring(&self) -> Result<(), StorageError> {
+        for name in [CF_MSGS, CF_DEDUP] {
+            let cf = self.cf(name)?;
+            // Flush first: compaction filters see only SST data.
+            self.inner.db.flush_cf(cf).map_err(|e| ctx("flush", e))?;
+            self.inner
+                .db
+                .compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+}
+
+/// Write options for a durability mode.
+fn write_options(durability: Durability) -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    match durability {
+        Durability::Fsync => wo.set_sync(true),
+        Durability::Os => wo.set_sync(false),
+        Durability::None => wo.disable_wal(true),
+    }
+    wo
+}
+
+fn parse_conv(key: &[u8]) -> Result<ConvId, StorageError> {
+    let s = std::str::from_utf8(key)
+        .map_err(|_| StorageError::Corrupt("conv key is not UTF-8".into()))?;
+    ConvId::parse(s).map_err(|e| StorageError::Corrupt(format!("conv key {s:?}: {e}")))
+}
+
+fn parse_user(key: &[u8]) -> Result<UserId, StorageError> {
+    let s = std::str::from_utf8(key)
+        .map_err(|_| StorageError::Corrupt("user key is not UTF-8".into()))?;
+    UserId::parse(s).map_err(|e| StorageError::Corrupt(format!("user key {s:?}: {e}")))
+}

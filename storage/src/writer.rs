@@ -1,0 +1,521 @@
+//! The group-commit writer: one thread, one `WriteBatch` per drain.
+//!
+//! Producers (shards, the gateway) call [`WriterHandle::submit`], which
+//! never blocks: it reserves room in a bounded queue or fails at once. The
+//! `tern-writer` thread blocks on the queue, drains up to [`BATCH_MAX`]
+//! requests, stages them into one `WriteBatch`, writes it once (one WAL sync
+//! with [`Durability::Fsync`]), and then reports every request to the
+//! [`CommitSink`], grouped by `reply_to`, in submission order.
+//!
+//! The queue bound lives in one atomic word next to a "closed" bit: a
+//! reservation is a CAS on that word, so `submit_many` is all-or-nothing
+//! and `shutdown` knows how many reserved requests are still on their way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rocksdb::{WriteBatch, WriteOptions};
+use tern_proto::{ConvId, Entry, UserId};
+
+use crate::tuning::{CF_CONVS, CF_DEDUP, CF_MSGS, CF_READ, CF_USER_CONVS};
+use crate::{ctx, keys, Durability, Storage, StorageError};
+
+/// Most requests queued for the writer. Beyond it `submit` fails with
+/// `QueueFull` (the shard answers `unavailable`) instead of letting memory
+/// grow while the disk is slower than the senders.
+pub const WRITE_QUEUE_MAX: usize = 65_536;
+/// Most requests in one `WriteBatch`: bounds the batch's memory and the
+/// latency the first request of a batch waits for the last.
+pub const BATCH_MAX: usize = 1024;
+
+/// Set in the queue-state word once `shutdown` began.
+const CLOSED_BIT: u64 = 1 << 63;
+
+/// Requests reserved or queued, from the queue-state word.
+pub(crate) fn queued(state: u64) -> u64 {
+    state & !CLOSED_BIT
+}
+
+/// Receives the outcome of committed batches, on the writer thread.
+///
+/// Implementations must be quick and must not block on the writer (it is
+/// the caller): typically they push the results onto the `reply_to` shard's
+/// queue and wake it.
+pub trait CommitSink: Send + Sync + 'static {
+    /// Called once per (batch, reply_to) with the results of that batch's
+    /// requests for that reply_to, in submission order.
+    fn committed(&self, reply_to: u32, results: Vec<(u64, Result<(), StorageError>)>);
+}
+
+/// One request for the writer.
+#[derive(Debug)]
+pub struct WriteRequest {
+    /// Who gets the result (a shard index, or another id the sink knows).
+    pub reply_to: u32,
+    /// Opaque to storage; comes back with the result.
+    pub token: u64,
+    /// What to write.
+    pub op: WriteOp,
+}
+
+/// What a [`WriteRequest`] writes.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// Store a timeline entry; bump convs max_seq; optionally record dedup
+    /// (conv, sender, cmid) → (seq, ts); add conv to `user_convs` for each
+    /// user in index_users (dm participants).
+    ///
+    /// Rejected on its own with `SeqGap` unless `entry.seq()` is exactly the
+    /// conversation's committed max seq + 1 (counting earlier appends of the
+    /// same batch); with `Invalid` if the seq is 0 or the entry belongs to
+    /// another conversation.
+    Append {
+        /// The conversation; must equal `entry.conv()`.
+        conv: ConvId,
+        /// The entry, with its seq and ts assigned.
+        entry: Entry,
+        /// (sender, cmid) to remember for the dedup window.
+        dedup: Option<(String, String)>,
+        /// Users whose `convs` listing must include this conversation.
+        index_users: Vec<UserId>,
+    },
+    /// read seq := max(old, seq)
+    SetRead {
+        /// The reader.
+        user: UserId,
+        /// The conversation read.
+        conv: ConvId,
+        /// The last seq read.
+        seq: u64,
+    },
+}
+
+/// What travels on the queue.
+enum Msg {
+    Req(WriteRequest),
+    /// Sent by `shutdown` after the closed bit is set: drain and stop.
+    Shutdown,
+}
+
+/// Submits requests to the writer thread. Clone + Send + Sync.
+#[derive(Clone)]
+pub struct WriterHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tx: Sender<Msg>,
+    /// Closed bit | number of requests reserved and not yet dequeued.
+    state: Arc<AtomicU64>,
+    /// Taken by the first `shutdown`, which joins it.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.shared.state.load(Ordering::Relaxed);
+        f.debug_struct("WriterHandle")
+            .field("queued", &queued(state))
+            .field("closed", &(state & CLOSED_BIT != 0))
+            .finish()
+    }
+}
+
+impl WriterHandle {
+    /// Queues one request. Never blocks: `QueueFull` when
+    /// [`WRITE_QUEUE_MAX`] requests are waiting, `Closed` after `shutdown`.
+    /// On `Ok` the sink will see the request's token exactly once.
+    pub fn submit(&self, req: WriteRequest) -> Result<(), StorageError> {
+        self.reserve(1)?;
+        self.send(Msg::Req(req))
+    }
+
+    /// Queues all requests, in order, or none of them (same errors as
+    /// [`WriterHandle::submit`]).
+    pub fn submit_many(&self, reqs: Vec<WriteRequest>) -> Result<(), StorageError> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        if reqs.len() > WRITE_QUEUE_MAX {
+            return Err(StorageError::QueueFull);
+        }
+        self.reserve(reqs.len() as u64)?;
+        for req in reqs {
+            self.send(Msg::Req(req))?;
+        }
+        Ok(())
+    }
+
+    /// Stops accepting requests, drains and commits what is queued, and
+    /// joins the writer thread. Idempotent; concurrent callers all return
+    /// after the thread has ended. Called from inside the sink (on the
+    /// writer thread itself) it only stops accepting.
+    pub fn shutdown(&self) {
+        let before = self.shared.state.fetch_or(CLOSED_BIT, Ordering::AcqRel);
+        if before & CLOSED_BIT == 0 {
+            // Fails only if the thread is already gone; nothing to wake then.
+            let _ = self.shared.tx.send(Msg::Shutdown);
+        }
+        let mut thread = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(handle) = thread.take() else {
+            return;
+        };
+        if handle.thread().id() == std::thread::current().id() {
+            // Joining ourselves would deadlock; the loop ends after this batch.
+            *thread = Some(handle);
+            return;
+        }
+        if handle.join().is_err() {
+            tracing::error!("tern-writer thread panicked");
+        }
+    }
+
+    /// Reserves room for `n` requests, or fails without reserving anything.
+    fn reserve(&self, n: u64) -> Result<(), StorageError> {
+        let state = &self.shared.state;
+        let mut cur = state.load(Ordering::Acquire);
+        loop {
+            if cur & CLOSED_BIT != 0 {
+                return Err(StorageError::Closed);
+            }
+            if queued(cur) + n > WRITE_QUEUE_MAX as u64 {
+                return Err(StorageError::QueueFull);
+            }
+            match state.compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), StorageError> {
+        self.shared.tx.send(msg).map_err(|_| {
+            // The writer thread is gone (it panicked): give the room back.
+            self.shared.state.fetch_sub(1, Ordering::AcqRel);
+            StorageError::Closed
+        })
+    }
+}
+
+/// Spawns the writer thread. `storage.start_writer` checked it is the only one.
+pub(crate) fn start(storage: Storage, sink: Arc<dyn CommitSink>) -> WriterHandle {
+    // Unbounded channel: the bound is the reservation in `state`, which lets
+    // `submit_many` be all-or-nothing and keeps `send` from ever blocking.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let state = storage.inner.stats.queue_state.clone();
+    let heads = storage.take_heads();
+    let writer = Writer {
+        wo: crate::write_options(storage.inner.durability),
+        storage,
+        sink,
+        rx,
+        state: state.clone(),
+        heads,
+    };
+    let thread = std::thread::Builder::new()
+        .name("tern-writer".into())
+        .spawn(move || writer.run());
+    let thread = match thread {
+        Ok(t) => Some(t),
+        Err(e) => {
+            // Without a writer nothing can be stored: refuse every request.
+            tracing::error!("cannot spawn tern-writer: {e}");
+            state.fetch_or(CLOSED_BIT, Ordering::AcqRel);
+            None
+        }
+    };
+    WriterHandle {
+        shared: Arc::new(Shared {
+            tx,
+            state,
+            thread: Mutex::new(thread),
+        }),
+    }
+}
+
+/// A conversation touched by the batch being built.
+struct PendingHead {
+    /// Max seq once the batch is committed.
+    seq: u64,
+    /// Appends of this conversation in the batch.
+    n_appends: u64,
+}
+
+/// The batch being built: staged writes plus what to report.
+struct Batch {
+    wb: WriteBatch,
+    /// conv key → head after this batch.
+    heads: HashMap<Vec<u8>, PendingHead>,
+    /// read key (user 0x00 conv) → read seq after this batch.
+    reads: HashMap<Vec<u8>, u64>,
+    /// (reply_to, token, result) in submission order.
+    results: Vec<(u32, u64, Result<(), StorageError>)>,
+    n_appends: u64,
+}
+
+struct Writer {
+    storage: Storage,
+    sink: Arc<dyn CommitSink>,
+    rx: Receiver<Msg>,
+    state: Arc<AtomicU64>,
+    /// conv key → committed max seq. Only this thread changes `convs`, so
+    /// this map is the truth about what is stored.
+    heads: HashMap<Vec<u8>, u64>,
+    wo: WriteOptions,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut reqs: Vec<WriteRequest> = Vec::with_capacity(BATCH_MAX);
+        let mut shutting_down = false;
+        loop {
+            if shutting_down && queued(self.state.load(Ordering::Acquire)) == 0 {
+                break;
+            }
+            // Block for the first message, then take whatever else is there.
+            match self.rx.recv() {
+                Ok(Msg::Req(r)) => reqs.push(r),
+                Ok(Msg::Shutdown) => shutting_down = true,
+                // Every handle is gone and the queue is empty.
+                Err(_) => break,
+            }
+            while reqs.len() < BATCH_MAX {
+                match self.rx.try_recv() {
+                    Ok(Msg::Req(r)) => reqs.push(r),
+                    Ok(Msg::Shutdown) => shutting_down = true,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            if reqs.is_empty() {
+                continue;
+            }
+            let before = self.state.fetch_sub(reqs.len() as u64, Ordering::AcqRel);
+            debug_assert!(
+                queued(before) >= reqs.len() as u64,
+                "dequeued more than reserved"
+            );
+            self.commit(&mut reqs);
+        }
+        self.finish();
+    }
+
+    /// Stages, writes and reports one batch; empties `reqs`.
+    fn commit(&mut self, reqs: &mut Vec<WriteRequest>) {
+        let n_reqs = reqs.len() as u64;
+        let mut batch = Batch {
+            wb: WriteBatch::default(),
+            heads: HashMap::new(),
+            reads: HashMap::new(),
+            results: Vec::with_capacity(reqs.len()),
+            n_appends: 0,
+        };
+        for req in reqs.drain(..) {
+            let result = match req.op {
+                WriteOp::Append {
+                    conv,
+                    entry,
+                    dedup,
+                    index_users,
+                } => self.stage_append(&mut batch, &conv, &entry, dedup, &index_users),
+                WriteOp::SetRead { user, conv, seq } => {
+                    self.stage_read(&mut batch, &user, &conv, seq)
+                }
+            };
+            batch.results.push((req.reply_to, req.token, result));
+        }
+        let outcome = self.write(&mut batch);
+        self.record_stats(&batch, n_reqs, outcome.as_ref().err());
+        match outcome {
+            Ok(_) => {
+                for (conv, head) in batch.heads.drain() {
+                    let old = self.heads.insert(conv, head.seq).unwrap_or(0);
+                    debug_assert_eq!(head.seq, old + head.n_appends, "head advanced by a gap");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = n_reqs, "storage batch failed");
+                // The map is not advanced: the next append of each conv is
+                // expected at the same seq again, so nothing can leave a gap.
+                for (_, _, r) in &mut batch.results {
+                    if r.is_ok() {
+                        *r = Err(e.clone());
+                    }
+                }
+            }
+        }
+        self.report(batch.results);
+    }
+
+    /// Validates an append and stages its writes; stages nothing on error.
+    fn stage_append(
+        &self,
+        batch: &mut Batch,
+        conv: &ConvId,
+        entry: &Entry,
+        dedup: Option<(String, String)>,
+        index_users: &[UserId],
+    ) -> Result<(), StorageError> {
+        let seq = entry.seq();
+        if seq == 0 {
+            return Err(StorageError::Invalid(format!("{conv}: entry seq 0")));
+        }
+        let conv_str = conv.to_string();
+        if entry.conv() != conv_str {
+            return Err(StorageError::Invalid(format!(
+                "entry of {} appended to {conv_str}",
+                entry.conv()
+            )));
+        }
+        let conv_key = conv_str.into_bytes();
+        let committed = match batch.heads.get(&conv_key) {
+            Some(p) => p.seq,
+            None => self.heads.get(&conv_key).copied().unwrap_or(0),
+        };
+        // A seq of u64::MAX can never be followed; treat it as a gap.
+        let expected = committed.saturating_add(1);
+        if seq != expected || committed == u64::MAX {
+            return Err(StorageError::SeqGap {
+                conv: conv.to_string(),
+                expected,
+                got: seq,
+            });
+        }
+        let ts = entry.ts();
+        let dedup_key = match &dedup {
+            Some((sender, cmid)) => Some(
+                keys::dedup_key(&conv_key, sender.as_bytes(), cmid.as_bytes()).ok_or_else(
+                    || StorageError::Invalid(format!("sender {sender:?} contains 0x00")),
+                )?,
+            ),
+            None => None,
+        };
+        let s = &self.storage;
+        let (msgs, dedup_cf, user_convs) = (s.cf(CF_MSGS)?, s.cf(CF_DEDUP)?, s.cf(CF_USER_CONVS)?);
+        batch.wb.put_cf(
+            msgs,
+            keys::msg_key(&conv_key, seq),
+            keys::msg_value(ts, &entry.to_storage_bytes()),
+        );
+        if let Some(k) = dedup_key {
+            batch.wb.put_cf(dedup_cf, k, keys::dedup_value(seq, ts));
+        }
+        for user in index_users {
+            batch.wb.put_cf(
+                user_convs,
+                keys::pair_key(user.as_str().as_bytes(), &conv_key),
+                [],
+            );
+        }
+        let head = batch.heads.entry(conv_key).or_insert(PendingHead {
+            seq: committed,
+            n_appends: 0,
+        });
+        head.seq = seq;
+        head.n_appends += 1;
+        batch.n_appends += 1;
+        Ok(())
+    }
+
+    /// Stages read := max(old, seq). The final value of each key is put
+    /// once, in `write`.
+    fn stage_read(
+        &self,
+        batch: &mut Batch,
+        user: &UserId,
+        conv: &ConvId,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        let user_key = user.as_str().as_bytes();
+        let conv_key = conv.to_string().into_bytes();
+        let key = keys::pair_key(user_key, &conv_key);
+        let old = match batch.reads.get(&key) {
+            Some(&v) => v,
+            // Only this thread writes `read`, so the stored value is current.
+            None => self.storage.read_seq(user_key, &conv_key)?,
+        };
+        if seq > old {
+            batch.reads.insert(key, seq);
+        }
+        Ok(())
+    }
+
+    /// Puts the batch's heads and reads, then writes it. `Ok(None)` when
+    /// there was nothing to write, `Ok(Some(µs))` with the write latency.
+    fn write(&self, batch: &mut Batch) -> Result<Option<u64>, StorageError> {
+        let s = &self.storage;
+        for (conv, head) in &batch.heads {
+            batch
+                .wb
+                .put_cf(s.cf(CF_CONVS)?, conv, head.seq.to_be_bytes());
+        }
+        for (key, seq) in &batch.reads {
+            batch.wb.put_cf(s.cf(CF_READ)?, key, seq.to_be_bytes());
+        }
+        if batch.wb.is_empty() {
+            return Ok(None);
+        }
+        let wb = std::mem::take(&mut batch.wb);
+        let started = Instant::now();
+        s.inner
+            .db
+            .write_opt(wb, &self.wo)
+            .map_err(|e| ctx("commit batch", e))?;
+        Ok(Some(
+            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        ))
+    }
+
+    fn record_stats(&self, batch: &Batch, n_reqs: u64, failed: Option<&StorageError>) {
+        let st = &self.storage.inner.stats;
+        st.batches.fetch_add(1, Ordering::Relaxed);
+        st.batch_size_sum.fetch_add(n_reqs, Ordering::Relaxed);
+        st.batch_size_max.fetch_max(n_reqs, Ordering::Relaxed);
+        let n_rejected = batch.results.iter().filter(|r| r.2.is_err()).count() as u64;
+        let n_errors = if failed.is_some() { n_reqs } else { n_rejected };
+        st.errors.fetch_add(n_errors, Ordering::Relaxed);
+        if failed.is_none() {
+            st.entries_written
+                .fetch_add(batch.n_appends, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls the sink once per reply_to, each with its results in order.
+    fn report(&self, results: Vec<(u32, u64, Result<(), StorageError>)>) {
+        type Results = Vec<(u64, Result<(), StorageError>)>;
+        let mut groups: Vec<(u32, Results)> = Vec::new();
+        let mut group_idx: HashMap<u32, usize> = HashMap::new();
+        for (reply_to, token, result) in results {
+            let idx = *group_idx.entry(reply_to).or_insert_with(|| {
+                groups.push((reply_to, Vec::new()));
+                groups.len() - 1
+            });
+            groups[idx].1.push((token, result));
+        }
+        for (reply_to, results) in groups {
+            self.sink.committed(reply_to, results);
+        }
+    }
+
+    /// After the last batch: make what was written as durable as a clean
+    /// shutdown can.
+    fn finish(&self) {
+        let s = &self.storage;
+        let result = match s.inner.durability {
+            Durability::Fsync => Ok(()),
+            Durability::Os => s.inner.db.flush_wal(true).map_err(|e| ctx("sync wal", e)),
+            Durability::None => s.flush_all(),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "storage writer: final flush failed");
+        }
+        tracing::info!("tern-writer stopped");
+    }
+}

@@ -360,7 +360,9 @@ async fn malformed_targets_are_bad_request() {
         // A 64-byte id is fine (the bound is inclusive).
         let long = "b".repeat(64);
         s.put_user(&long).await;
-        let ack = alice.send_text("ok64", &format!("user:{long}"), "x").await;
+        let ack = alice
+            .send_text(&format!("ok64_{}", tag(sp)), &format!("user:{long}"), "x")
+            .await;
         assert_eq!(ack["conv"], dm("alice", &long).as_str());
     }
     // An invalid kind or cmid in JSON is refused too.
@@ -372,21 +374,34 @@ async fn malformed_targets_are_bad_request() {
         })
         .await;
     assert_eq!(e["code"], "bad_request", "{e}");
-    alice
-        .send(&json!({ "type": "send", "cmid": "", "to": "user:bob", "kind": "text", "body": "x" }))
-        .await;
-    let e = alice
-        .expect_where(REPLY, "error/send_err for empty cmid", |v| {
-            v["type"] == "send_err" || v["type"] == "error"
-        })
-        .await;
-    assert_eq!(e["code"], "bad_request", "{e}");
+    for cmid in [String::new(), "c".repeat(65)] {
+        let f =
+            json!({ "type": "send", "cmid": cmid, "to": "user:bob", "kind": "text", "body": "x" });
+        alice.send(&f).await;
+        let e = alice
+            .expect_where(REPLY, "error/send_err for a bad cmid", |v| {
+                v["type"] == "send_err" || v["type"] == "error"
+            })
+            .await;
+        assert_eq!(
+            e["code"],
+            "bad_request",
+            "cmid of {} bytes: {e}",
+            cmid.len()
+        );
+    }
     let h = s.history("dm:alice:bob", 0, None).await;
     assert_eq!(
         h["messages"],
         json!([]),
         "refused sends stored something: {h}"
     );
+    // Any UTF-8 of 1-64 bytes is a cmid (only ids have a charset).
+    let odd = "ünï cödé/:😀";
+    let ack = alice.send_text(odd, "user:bob", "x").await;
+    assert_eq!(ack["cmid"], odd);
+    let h = s.history("dm:alice:bob", 0, None).await;
+    assert_eq!(h["messages"][0]["cmid"], odd, "{h}");
 }
 
 #[tokio::test]

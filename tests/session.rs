@@ -345,7 +345,11 @@ async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
     assert_eq!(raw.read_value(REPLY)["type"], "auth_ok");
     let _ = raw.send_frame(OP_TEXT, b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}");
     let (code, _) = raw.read_close(REPLY);
-    assert_eq!(code, Some(1007));
+    assert_eq!(
+        code,
+        Some(1007),
+        "close code for invalid UTF-8 in a text frame"
+    );
 }
 
 #[tokio::test]

@@ -135,8 +135,7 @@ pub struct ConvSummary {
     pub max_seq: u64,
     /// Highest seq the user has read.
     pub read_seq: u64,
-    /// Entries after `read_seq` (`max_seq - read_seq`, or fewer if the
-    /// server counts only other users' messages).
+    /// Entries after `read_seq` that count as unread.
     pub unread: u64,
 }
 

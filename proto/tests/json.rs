@@ -138,8 +138,12 @@ fn unknown_fields_are_ignored() {
     assert_eq!(client(r#"{"type":"convs","body":{}}"#), ClientFrame::Convs);
     // A field of another frame type is unknown here, whatever its JSON type.
     assert_eq!(
-        client(r#"{"type":"typing","to":"group:g","seq":"x","limit":-4,"kind":{"k":1},"cmid":null}"#),
-        ClientFrame::Typing { to: "group:g".into() }
+        client(
+            r#"{"type":"typing","to":"group:g","seq":"x","limit":-4,"kind":{"k":1},"cmid":null}"#
+        ),
+        ClientFrame::Typing {
+            to: "group:g".into()
+        }
     );
 }
 
@@ -291,14 +295,21 @@ fn every_error_case_is_an_error_with_a_clear_message() {
     }
     // Mistyped fields name the field.
     let e = client_err(r#"{"type":"ack","conv":"c","seq":"1"}"#);
-    assert_eq!(e.message(), "`seq` in ack must be an unsigned integer, got a string");
+    assert_eq!(
+        e.message(),
+        "`seq` in ack must be an unsigned integer, got a string"
+    );
     let e = client_err(r#"{"type":"send","cmid":7,"to":"u","kind":"text","body":"x"}"#);
     assert_eq!(e.message(), "`cmid` in send must be a string, got a number");
     let e = client_err(r#"{"type":"send","cmid":"c","to":["u"],"kind":"text","body":"x"}"#);
     assert_eq!(e.message(), "`to` in send must be a string, got an array");
     assert_eq!(e.cmid(), Some("c"));
     let e = client_err(r#"{"type":"ack","conv":"c","seq":1e3}"#);
-    assert!(e.message().starts_with("`seq` in ack must be an unsigned integer, got a fraction"), "{e}");
+    assert!(
+        e.message()
+            .starts_with("`seq` in ack must be an unsigned integer, got a fraction"),
+        "{e}"
+    );
     // Invalid UTF-8 is malformed, not a panic.
     assert!(decode_client(
         JSON,

@@ -83,7 +83,10 @@ pub enum WriteOp {
         /// Users whose `convs` listing must include this conversation.
         index_users: Vec<UserId>,
     },
-    /// read seq := max(old, seq)
+    /// read seq := max(old, min(seq, max_seq)): a read position never
+    /// moves back, and never past what the conversation holds (counting
+    /// appends earlier in the same batch), so `max_seq - read_seq` is
+    /// never negative.
     SetRead {
         /// The reader.
         user: UserId,
@@ -134,7 +137,7 @@ impl WriterHandle {
     /// On `Ok` the sink will see the request's token exactly once.
     pub fn submit(&self, req: WriteRequest) -> Result<(), StorageError> {
         self.reserve(1)?;
-        self.send(Msg::Req(req))
+        self.send(Msg::Req(req), 1)
     }
 
     /// Queues all requests, in order, or none of them (same errors as
@@ -146,9 +149,11 @@ impl WriterHandle {
         if reqs.len() > WRITE_QUEUE_MAX {
             return Err(StorageError::QueueFull);
         }
-        self.reserve(reqs.len() as u64)?;
+        let mut unsent = reqs.len() as u64;
+        self.reserve(unsent)?;
         for req in reqs {
-            self.send(Msg::Req(req))?;
+            self.send(Msg::Req(req), unsent)?;
+            unsent -= 1;
         }
         Ok(())
     }
@@ -199,10 +204,14 @@ impl WriterHandle {
         }
     }
 
-    fn send(&self, msg: Msg) -> Result<(), StorageError> {
+    /// Sends one reserved message; `unsent` is how many reserved messages
+    /// (this one included) have not been sent yet.
+    fn send(&self, msg: Msg, unsent: u64) -> Result<(), StorageError> {
         self.shared.tx.send(msg).map_err(|_| {
-            // The writer thread is gone (it panicked): give the room back.
-            self.shared.state.fetch_sub(1, Ordering::AcqRel);
+            // The writer thread is gone (it panicked): give the room back
+            // and refuse everything from now on.
+            self.shared.state.fetch_sub(unsent, Ordering::AcqRel);
+            self.shared.state.fetch_or(CLOSED_BIT, Ordering::AcqRel);
             StorageError::Closed
         })
     }
@@ -340,7 +349,9 @@ impl Writer {
             Ok(_) => {
                 for (conv, head) in batch.heads.drain() {
                     let old = self.heads.insert(conv, head.seq).unwrap_or(0);
-                    debug_assert_eq!(head.seq, old + head.n_appends, "head advanced by a gap");
+                    // Kept on in release: it guards the no-gap promise and
+                    // costs one comparison per conversation per batch.
+                    assert_eq!(head.seq, old + head.n_appends, "head advanced by a gap");
                 }
             }
             Err(e) => {
@@ -427,8 +438,8 @@ impl Writer {
         Ok(())
     }
 
-    /// Stages read := max(old, seq). The final value of each key is put
-    /// once, in `write`.
+    /// Stages read := max(old, min(seq, head)). The final value of each key
+    /// is put once, in `write`.
     fn stage_read(
         &self,
         batch: &mut Batch,
@@ -438,6 +449,11 @@ impl Writer {
     ) -> Result<(), StorageError> {
         let user_key = user.as_str().as_bytes();
         let conv_key = conv.to_string().into_bytes();
+        let head = match batch.heads.get(&conv_key) {
+            Some(p) => p.seq,
+            None => self.heads.get(&conv_key).copied().unwrap_or(0),
+        };
+        let seq = seq.min(head);
         let key = keys::pair_key(user_key, &conv_key);
         let old = match batch.reads.get(&key) {
             Some(&v) => v,

@@ -286,7 +286,10 @@ fn read_positions_only_move_forward_and_dm_index_lists_convs() {
     wait_results(&sink, 5);
     w.submit(req(0, 6, read(&bob, &ab, 1))).unwrap();
     w.submit(req(0, 7, read(&bob, &ab, 0))).unwrap();
-    wait_results(&sink, 7);
+    // Past the head: clamped to it.
+    w.submit(req(0, 8, read(&carol, &ac, 99))).unwrap();
+    w.submit(req(0, 9, read(&carol, &none_conv(), 5))).unwrap();
+    wait_results(&sink, 9);
     assert!(sink.all().iter().all(|(_, _, r)| r.is_ok()));
 
     let st = |c: &tern_proto::ConvId, max_seq, read_seq| ConvState {
@@ -297,14 +300,15 @@ fn read_positions_only_move_forward_and_dm_index_lists_convs() {
     assert_eq!(s.conv_state(&alice, &ab).unwrap(), st(&ab, 2, 2));
     assert_eq!(s.conv_state(&bob, &ab).unwrap(), st(&ab, 2, 1));
     assert_eq!(s.conv_state(&carol, &ab).unwrap(), st(&ab, 2, 0));
-    let none = conv("group:none");
+    let none = none_conv();
     assert_eq!(s.conv_state(&alice, &none).unwrap(), st(&none, 0, 0));
 
     let mut a = s.user_dm_convs(&alice).unwrap();
     a.sort_by_key(|c| c.conv.to_string());
     assert_eq!(a, vec![st(&ab, 2, 2), st(&ac, 1, 0)]);
     assert_eq!(s.user_dm_convs(&bob).unwrap(), vec![st(&ab, 2, 1)]);
-    assert_eq!(s.user_dm_convs(&carol).unwrap(), vec![st(&ac, 1, 0)]);
+    assert_eq!(s.user_dm_convs(&carol).unwrap(), vec![st(&ac, 1, 1)]);
+    assert_eq!(s.conv_state(&carol, &none).unwrap(), st(&none, 0, 0));
     assert_eq!(
         s.user_dm_convs(&user("al")).unwrap(),
         vec![],
@@ -617,4 +621,8 @@ fn a_second_writer_is_a_bug() {
     let s = open(dir.path());
     let (_w1, _) = writer(&s);
     let _w2 = writer(&s);
+}
+
+fn none_conv() -> tern_proto::ConvId {
+    conv("group:none")
 }

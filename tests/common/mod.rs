@@ -161,7 +161,7 @@ impl Server {
     /// tests use others, such as a short ack timeout, when they exist).
     pub fn supports_flag(flag: &str) -> bool {
         serve_help()
-            .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .split(|c: char| c.is_whitespace() || matches!(c, ',' | '=' | '[' | ']' | '<'))
             .any(|w| w == flag)
     }
 

@@ -192,7 +192,7 @@ impl Shard {
             .users
             .borrow()
             .get(&user)
-            .map(|v| v.clone())
+            .cloned()
             .unwrap_or_default();
         for (slot, gen) in old {
             let same = self.conns.borrow_mut().get_mut(slot, gen).map(|c| c.device == device).unwrap_or(false);

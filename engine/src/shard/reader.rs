@@ -12,7 +12,7 @@ use super::conn::Closing;
 use super::sockio::{recv_nb, would_block};
 use super::{close_code, Shard};
 use crate::shared::now_ms;
-use crate::ws::codec::{close_frame, encode_frame, parse_client_frame, Message, OpCode, WsError};
+use crate::ws::codec::{check_client_header, close_frame, encode_frame, parse_client_frame, Message, OpCode, WsError};
 
 /// Reads per readiness wakeup before yielding to other connections.
 const READS_PER_WAKE_MAX: usize = 4;
@@ -121,6 +121,8 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
             }
         }
     }
+    // A fragmented message already handed out holds no memory past here.
+    c.asm.release();
     // Keep only the incomplete tail, and no capacity when there is none.
     if off == buf.len() {
         c.partial = Vec::new();
@@ -128,7 +130,16 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
         partial.drain(..off);
         c.partial = partial;
     } else {
-        c.partial = buf[off..].to_vec();
+        // Reserve the whole frame once its header is known, so a large frame
+        // arriving in pieces does not regrow the buffer on every read.
+        let rest = &buf[off..];
+        let need = match check_client_header(rest, max) {
+            Ok(Some(h)) => h.frame_len(),
+            _ => rest.len(),
+        };
+        let mut p = Vec::with_capacity(need.max(rest.len()));
+        p.extend_from_slice(rest);
+        c.partial = p;
     }
 }
 

@@ -165,7 +165,8 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
     let frame = Arc::new(Encoded::both(&ServerFrame::Msg(msg.clone())));
     owner.next_token += 1;
     let token = owner.next_token;
-    let index_users = to.clone();
+    // The per-user conversation index needs writing once, with the first entry.
+    let index_users = if seq == 1 { to.clone() } else { Vec::new() };
     let req = WriteRequest {
         reply_to: shard.idx as u32,
         token,

@@ -363,6 +363,11 @@ async fn read_sends_receipts_to_own_other_devices_and_the_peer() {
         let sum = b_phone.conv_summary(&conv).await.expect("listed");
         assert_eq!(sum["unread"], 0, "{sum}");
         assert_eq!(sum["read_seq"], 5, "{sum}");
+
+        // A read position never moves back.
+        b_phone.read(&conv, 2).await;
+        let sum = b_phone.conv_summary(&conv).await.expect("listed");
+        assert_eq!(sum["read_seq"], 5, "read_seq moved back: {sum}");
     }
 }
 

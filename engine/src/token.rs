@@ -152,8 +152,14 @@ pub fn mint(
     let device = device.map_or(&[][..], |d| d.as_str().as_bytes());
     // Validated ids are 1..=64 bytes; the asserts guard the one-byte lengths
     // against a future change of the id rules.
-    assert!(!user.is_empty() && user.len() <= ID_BYTES_MAX, "user id length out of bounds");
-    assert!(device.len() <= ID_BYTES_MAX, "device id length out of bounds");
+    assert!(
+        !user.is_empty() && user.len() <= ID_BYTES_MAX,
+        "user id length out of bounds"
+    );
+    assert!(
+        device.len() <= ID_BYTES_MAX,
+        "device id length out of bounds"
+    );
 
     let mut payload = Vec::with_capacity(PAYLOAD_FIXED_BYTES + user.len() + device.len());
     payload.push(FORMAT_VERSION);
@@ -198,7 +204,8 @@ pub fn verify(
     let mut mac = key.mac();
     mac.update(payload_b64.as_bytes());
     // `verify_slice` compares in constant time.
-    mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+    mac.verify_slice(&tag)
+        .map_err(|_| TokenError::BadSignature)?;
 
     let mut payload = [0u8; PAYLOAD_BYTES_MAX];
     let n_payload = URL_SAFE_NO_PAD
@@ -242,7 +249,12 @@ fn parse_payload(payload: &[u8]) -> Option<Claims> {
     } else {
         Some(DeviceId::parse(std::str::from_utf8(device).ok()?).ok()?)
     };
-    Some(Claims { user, device, iat_ms, exp_ms })
+    Some(Claims {
+        user,
+        device,
+        iat_ms,
+        exp_ms,
+    })
 }
 
 /// Split a one-byte-length-prefixed field off the front of `bytes`.
@@ -308,26 +320,44 @@ mod tests {
     #[test]
     fn wrong_device_is_refused() {
         let t = mint(&key(), &user("alice"), Some(&dev("phone")), NOW, DAY_MS);
-        assert_eq!(verify(&key(), &t, &dev("laptop"), NOW), Err(TokenError::WrongDevice));
+        assert_eq!(
+            verify(&key(), &t, &dev("laptop"), NOW),
+            Err(TokenError::WrongDevice)
+        );
         // A prefix of the bound device is another device.
-        assert_eq!(verify(&key(), &t, &dev("phon"), NOW), Err(TokenError::WrongDevice));
+        assert_eq!(
+            verify(&key(), &t, &dev("phon"), NOW),
+            Err(TokenError::WrongDevice)
+        );
     }
 
     #[test]
     fn expiry_is_exclusive() {
         let t = mint(&key(), &user("alice"), None, NOW, 1000);
         assert!(verify(&key(), &t, &dev("p"), NOW + 999).is_ok());
-        assert_eq!(verify(&key(), &t, &dev("p"), NOW + 1000), Err(TokenError::Expired));
-        assert_eq!(verify(&key(), &t, &dev("p"), u64::MAX), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&key(), &t, &dev("p"), NOW + 1000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify(&key(), &t, &dev("p"), u64::MAX),
+            Err(TokenError::Expired)
+        );
         let zero = mint(&key(), &user("alice"), None, NOW, 0);
-        assert_eq!(verify(&key(), &zero, &dev("p"), NOW), Err(TokenError::Expired));
+        assert_eq!(
+            verify(&key(), &zero, &dev("p"), NOW),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
     fn wrong_key_is_bad_signature() {
         let t = mint(&key(), &user("alice"), None, NOW, DAY_MS);
         let other = TokenKey::from_bytes([8; 32]);
-        assert_eq!(verify(&other, &t, &dev("p"), NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&other, &t, &dev("p"), NOW),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -336,16 +366,28 @@ mod tests {
         let t = mint(&k, &user("alice"), None, NOW, DAY_MS);
         let (p, s) = t.split_once('.').unwrap();
         // Re-encode a payload for another user with the original signature.
-        let forged_payload = mint(&TokenKey::from_bytes([0; 32]), &user("mallory"), None, NOW, DAY_MS);
+        let forged_payload = mint(
+            &TokenKey::from_bytes([0; 32]),
+            &user("mallory"),
+            None,
+            NOW,
+            DAY_MS,
+        );
         let (fp, _) = forged_payload.split_once('.').unwrap();
-        assert_eq!(verify(&k, &format!("{fp}.{s}"), &dev("p"), NOW), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(&k, &format!("{fp}.{s}"), &dev("p"), NOW),
+            Err(TokenError::BadSignature)
+        );
         // Flip every payload character in turn.
         for i in 0..p.len() {
             let mut bytes = p.as_bytes().to_vec();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let tampered = format!("{}.{s}", std::str::from_utf8(&bytes).unwrap());
             let r = verify(&k, &tampered, &dev("p"), NOW);
-            assert!(matches!(r, Err(TokenError::BadSignature)), "index {i}: {r:?}");
+            assert!(
+                matches!(r, Err(TokenError::BadSignature)),
+                "index {i}: {r:?}"
+            );
         }
     }
 
@@ -363,8 +405,14 @@ mod tests {
             assert!(verify(&k, &tampered, &dev("p"), NOW).is_err(), "index {i}");
         }
         // A truncated or extended signature is malformed.
-        assert_eq!(verify(&k, &format!("{p}.{}", &s[..s.len() - 1]), &dev("p"), NOW), Err(TokenError::Malformed));
-        assert_eq!(verify(&k, &format!("{p}.{s}AA"), &dev("p"), NOW), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&k, &format!("{p}.{}", &s[..s.len() - 1]), &dev("p"), NOW),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify(&k, &format!("{p}.{s}AA"), &dev("p"), NOW),
+            Err(TokenError::Malformed)
+        );
     }
 
     #[test]
@@ -372,15 +420,28 @@ mod tests {
         let k = key();
         let d = dev("p");
         for bad in ["", ".", "abc", "a.b", "a.b.c", "!!!.!!!", "\u{e9}.\u{e9}"] {
-            assert_eq!(verify(&k, bad, &d, NOW), Err(TokenError::Malformed), "{bad:?}");
+            assert_eq!(
+                verify(&k, bad, &d, NOW),
+                Err(TokenError::Malformed),
+                "{bad:?}"
+            );
         }
         let t = mint(&k, &user("alice"), None, NOW, DAY_MS);
-        assert_eq!(verify(&k, &format!("{t}.x"), &d, NOW), Err(TokenError::Malformed));
-        assert_eq!(verify(&k, &format!("{t}="), &d, NOW), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&k, &format!("{t}.x"), &d, NOW),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            verify(&k, &format!("{t}="), &d, NOW),
+            Err(TokenError::Malformed)
+        );
         let huge = "A".repeat(TOKEN_BYTES_MAX + 1);
         assert_eq!(verify(&k, &huge, &d, NOW), Err(TokenError::Malformed));
         let huge_dotted = format!("{}.{}", "A".repeat(TOKEN_BYTES_MAX), "A".repeat(43));
-        assert_eq!(verify(&k, &huge_dotted, &d, NOW), Err(TokenError::Malformed));
+        assert_eq!(
+            verify(&k, &huge_dotted, &d, NOW),
+            Err(TokenError::Malformed)
+        );
     }
 
     /// A well-signed payload that does not parse (only a key holder could
@@ -392,10 +453,15 @@ mod tests {
             let p = URL_SAFE_NO_PAD.encode(payload);
             let mut mac = k.mac();
             mac.update(p.as_bytes());
-            format!("{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+            format!(
+                "{p}.{}",
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            )
         };
         let good = mint(&k, &user("alice"), None, NOW, DAY_MS);
-        let good_payload = URL_SAFE_NO_PAD.decode(good.split_once('.').unwrap().0).unwrap();
+        let good_payload = URL_SAFE_NO_PAD
+            .decode(good.split_once('.').unwrap().0)
+            .unwrap();
         assert!(verify(&k, &sign(&good_payload), &dev("p"), NOW).is_ok());
 
         let mut wrong_version = good_payload.clone();
@@ -406,8 +472,19 @@ mod tests {
         bad_id[18] = b' ';
         let mut exp_before_iat = good_payload.clone();
         exp_before_iat[9..17].copy_from_slice(&(NOW - 1).to_be_bytes());
-        for p in [&wrong_version, &trailing, &bad_id, &exp_before_iat, &good_payload[..10].to_vec(), &vec![]] {
-            assert_eq!(verify(&k, &sign(p), &dev("p"), NOW), Err(TokenError::Malformed), "{p:?}");
+        for p in [
+            &wrong_version,
+            &trailing,
+            &bad_id,
+            &exp_before_iat,
+            &good_payload[..10].to_vec(),
+            &vec![],
+        ] {
+            assert_eq!(
+                verify(&k, &sign(p), &dev("p"), NOW),
+                Err(TokenError::Malformed),
+                "{p:?}"
+            );
         }
     }
 

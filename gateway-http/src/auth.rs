@@ -24,7 +24,9 @@ pub(crate) struct ApiKey {
 
 impl ApiKey {
     pub(crate) fn new(key: &str) -> Self {
-        Self { digest: Sha256::digest(key.as_bytes()).into() }
+        Self {
+            digest: Sha256::digest(key.as_bytes()).into(),
+        }
     }
 
     /// Constant-time comparison of a presented key with the configured one.
@@ -52,13 +54,20 @@ fn bearer(req: &Request) -> Option<&[u8]> {
 
 /// Middleware: 401 `unauthorized` without a Bearer key, 403 `forbidden` with
 /// a wrong one, otherwise on to the route.
-pub(crate) async fn require_api_key(State(key): State<Arc<ApiKey>>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_api_key(
+    State(key): State<Arc<ApiKey>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if !is_protected(req.uri().path()) {
         return next.run(req).await;
     }
     match bearer(&req) {
-        None => ApiError::unauthorized("missing `Authorization: Bearer <api key>` header").into_response(),
-        Some(presented) if !key.matches(presented) => ApiError::forbidden("wrong API key").into_response(),
+        None => ApiError::unauthorized("missing `Authorization: Bearer <api key>` header")
+            .into_response(),
+        Some(presented) if !key.matches(presented) => {
+            ApiError::forbidden("wrong API key").into_response()
+        }
         Some(_) => next.run(req).await,
     }
 }
@@ -76,7 +85,10 @@ mod tests {
         Router::new()
             .route("/v1/thing", get(|| async { "secret" }))
             .route("/open", get(|| async { "open" }))
-            .layer(axum::middleware::from_fn_with_state(Arc::new(ApiKey::new("k3y")), require_api_key))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(ApiKey::new("k3y")),
+                require_api_key,
+            ))
     }
 
     async fn call(path: &str, auth: Option<&str>) -> (StatusCode, String) {
@@ -84,9 +96,14 @@ mod tests {
         if let Some(a) = auth {
             req = req.header(header::AUTHORIZATION, a);
         }
-        let res = app().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let res = app()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = res.status();
-        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -97,7 +114,13 @@ mod tests {
 
     #[tokio::test]
     async fn missing_key_is_401() {
-        for auth in [None, Some(""), Some("Bearer"), Some("Basic k3y"), Some("k3y")] {
+        for auth in [
+            None,
+            Some(""),
+            Some("Bearer"),
+            Some("Basic k3y"),
+            Some("k3y"),
+        ] {
             let (status, body) = call("/v1/thing", auth).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
             assert_eq!(code_of(&body), "unauthorized");
@@ -106,7 +129,13 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_key_is_403() {
-        for auth in ["Bearer k3", "Bearer k3yy", "Bearer K3Y", "Bearer ", "bearer nope"] {
+        for auth in [
+            "Bearer k3",
+            "Bearer k3yy",
+            "Bearer K3Y",
+            "Bearer ",
+            "bearer nope",
+        ] {
             let (status, body) = call("/v1/thing", Some(auth)).await;
             assert_eq!(status, StatusCode::FORBIDDEN, "{auth:?}");
             assert_eq!(code_of(&body), "forbidden");
@@ -116,7 +145,11 @@ mod tests {
     #[tokio::test]
     async fn right_key_passes() {
         for auth in ["Bearer k3y", "bearer k3y", "BEARER  k3y "] {
-            assert_eq!(call("/v1/thing", Some(auth)).await, (StatusCode::OK, "secret".into()), "{auth:?}");
+            assert_eq!(
+                call("/v1/thing", Some(auth)).await,
+                (StatusCode::OK, "secret".into()),
+                "{auth:?}"
+            );
         }
     }
 

@@ -25,7 +25,10 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
         meta: Option<RawJson>,
     ) -> impl Future<Output = Result<UserRecord, EngineError>> + Send;
 
-    fn get_user(&self, user: &UserId) -> impl Future<Output = Result<Option<UserRecord>, EngineError>> + Send;
+    fn get_user(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Option<UserRecord>, EngineError>> + Send;
 
     fn delete_user(&self, user: &UserId) -> impl Future<Output = Result<bool, EngineError>> + Send;
 
@@ -60,7 +63,10 @@ impl Engine for EngineHandle {
         EngineHandle::put_user(self, user, name, meta)
     }
 
-    fn get_user(&self, user: &UserId) -> impl Future<Output = Result<Option<UserRecord>, EngineError>> + Send {
+    fn get_user(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Option<UserRecord>, EngineError>> + Send {
         EngineHandle::get_user(self, user)
     }
 

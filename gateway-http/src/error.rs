@@ -44,7 +44,11 @@ pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
 impl ApiError {
     /// An error with a protocol code; the status comes from [`status_of`].
     pub(crate) fn from_code(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status: status_of(code), code: code.as_str(), message: message.into() }
+        Self {
+            status: status_of(code),
+            code: code.as_str(),
+            message: message.into(),
+        }
     }
 
     /// 400 `bad_request`.
@@ -64,12 +68,20 @@ impl ApiError {
 
     /// 403 `forbidden`.
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::FORBIDDEN, code: http_code::FORBIDDEN, message: message.into() }
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: http_code::FORBIDDEN,
+            message: message.into(),
+        }
     }
 
     /// 404 `not_found` (no such route).
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, code: http_code::NOT_FOUND, message: message.into() }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: http_code::NOT_FOUND,
+            message: message.into(),
+        }
     }
 
     /// 405 `method_not_allowed`.
@@ -105,11 +117,17 @@ struct ErrorDetail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: &self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
         let mut res = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 9110 §11.6.1: a 401 names the scheme it wants.
-            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         res
     }
@@ -141,11 +159,16 @@ mod tests {
     #[tokio::test]
     async fn engine_errors_become_json_bodies() {
         for (code, name, status) in ALL_CODES {
-            let e = ApiError::from(EngineError { code, message: format!("why {name}") });
+            let e = ApiError::from(EngineError {
+                code,
+                message: format!("why {name}"),
+            });
             let res = e.into_response();
             assert_eq!(res.status().as_u16(), status);
             assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
-            let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+            let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+                .await
+                .unwrap();
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(
                 v,

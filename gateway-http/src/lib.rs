@@ -132,7 +132,10 @@ fn start_with<E: engine::Engine>(cfg: GatewayConfig, engine: E) -> Result<Gatewa
         .enable_time()
         .build()
         .map_err(GatewayError::Runtime)?;
-    let bind_err = |source| GatewayError::Bind { addr: cfg.addr, source };
+    let bind_err = |source| GatewayError::Bind {
+        addr: cfg.addr,
+        source,
+    };
     let listener = {
         // Registering the socket with the reactor needs the runtime's context.
         let _guard = rt.enter();
@@ -151,7 +154,11 @@ fn start_with<E: engine::Engine>(cfg: GatewayConfig, engine: E) -> Result<Gatewa
         .spawn(move || serve(rt, listener, app, stop_rx))
         .map_err(GatewayError::Thread)?;
     tracing::info!(%local_addr, "HTTP gateway listening");
-    Ok(Gateway { local_addr, stop, thread: Some(thread) })
+    Ok(Gateway {
+        local_addr,
+        stop,
+        thread: Some(thread),
+    })
 }
 
 impl Gateway {

@@ -34,8 +34,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-/// API key every test server runs with.
-pub const API_KEY: &str = "testkey";
+/// API key every test server runs with (the server wants 8-256 printable
+/// ASCII characters).
+pub const API_KEY: &str = "testkey-e2e";
 
 /// Both subprotocols, for tests that run once per subprotocol.
 pub const SPS: [Subprotocol; 2] = [Subprotocol::Json, Subprotocol::Rkyv];

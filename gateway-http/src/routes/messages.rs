@@ -4,7 +4,10 @@ use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tern_engine::SendRequest;
-use tern_proto::{Cmid, ConvId, Entry, Kind, RawJson, Target, UserId, BODY_BYTES_MAX, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX};
+use tern_proto::{
+    Cmid, ConvId, Entry, Kind, RawJson, Target, UserId, BODY_BYTES_MAX, SYNC_LIMIT_DEFAULT,
+    SYNC_LIMIT_MAX,
+};
 
 use super::Shared;
 use crate::engine::Engine;
@@ -57,11 +60,19 @@ pub(crate) async fn send<E: Engine>(
     ApiJson(body): ApiJson<SendBody>,
 ) -> Result<Json<SendDto>, ApiError> {
     let bad = |field: &str, e: tern_proto::IdError| ApiError::bad_request(format!("{field}: {e}"));
-    let from = body.from.map(UserId::from_string).transpose().map_err(|e| bad("from", e))?;
+    let from = body
+        .from
+        .map(UserId::from_string)
+        .transpose()
+        .map_err(|e| bad("from", e))?;
     // Checked here for a clear 400; the engine parses `to` again itself.
     Target::parse(&body.to).map_err(|e| bad("to", e))?;
     let cmid = match body.cmid {
-        Some(c) => Some(Cmid::from_string(c).map_err(|e| bad("cmid", e))?.into_string()),
+        Some(c) => Some(
+            Cmid::from_string(c)
+                .map_err(|e| bad("cmid", e))?
+                .into_string(),
+        ),
         None => None,
     };
     if body.body.len() > BODY_BYTES_MAX {
@@ -71,11 +82,23 @@ pub(crate) async fn send<E: Engine>(
         )));
     }
     if body.kind == Kind::Text && !body.body.is_string() {
-        return Err(ApiError::bad_request("body of a text message must be a JSON string"));
+        return Err(ApiError::bad_request(
+            "body of a text message must be a JSON string",
+        ));
     }
-    let req = SendRequest { from, to: body.to, kind: body.kind, body: body.body, cmid };
+    let req = SendRequest {
+        from,
+        to: body.to,
+        kind: body.kind,
+        body: body.body,
+        cmid,
+    };
     let ok = st.engine.send(req).await?;
-    Ok(Json(SendDto { conv: ok.conv, seq: ok.seq, ts: ok.ts }))
+    Ok(Json(SendDto {
+        conv: ok.conv,
+        seq: ok.seq,
+        ts: ok.ts,
+    }))
 }
 
 /// `GET /v1/conversations/{conv}/messages?after=&limit=`: entries with

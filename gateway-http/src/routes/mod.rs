@@ -1,12 +1,11 @@
 //! The router: every route of the business API, the JSON 404/405 answers,
-//! the API-key guard and the body limit.
+//! the API-key guard and the body limit (enforced by `json::ApiJson`).
 
 pub(crate) mod messages;
 pub(crate) mod users;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 
@@ -25,24 +24,35 @@ pub(crate) struct AppState<E> {
 pub(crate) type Shared<E> = Arc<AppState<E>>;
 
 /// The whole API as one router.
-pub(crate) fn router<E: Engine>(state: Shared<E>, api_key: Arc<ApiKey>, body_bytes_max: usize) -> Router {
+pub(crate) fn router<E: Engine>(
+    state: Shared<E>,
+    api_key: Arc<ApiKey>,
+    body_bytes_max: usize,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route(
             "/v1/users/{user}",
-            put(users::put_user::<E>).get(users::get_user::<E>).delete(users::delete_user::<E>),
+            put(users::put_user::<E>)
+                .get(users::get_user::<E>)
+                .delete(users::delete_user::<E>),
         )
         .route("/v1/users/{user}/tokens", post(users::mint_token::<E>))
         .route("/v1/messages", post(messages::send::<E>))
-        .route("/v1/conversations/{conv}/messages", get(messages::history::<E>))
+        .route(
+            "/v1/conversations/{conv}/messages",
+            get(messages::history::<E>),
+        )
         // Must come after the routes: it is installed on each existing one.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
         // Outermost first on the way in: the key check runs before routing,
         // so unknown /v1 paths are guarded too.
-        .layer(axum::middleware::from_fn_with_state(api_key, auth::require_api_key))
-        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(
+            api_key,
+            auth::require_api_key,
+        ))
         .layer(Extension(BodyLimit(body_bytes_max)))
 }
 

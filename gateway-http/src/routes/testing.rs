@@ -31,7 +31,10 @@ impl FakeEngine {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, FakeState>, EngineError> {
         let st = self.0.lock().unwrap();
         match st.fail {
-            Some(code) => Err(EngineError { code, message: format!("fake {code}") }),
+            Some(code) => Err(EngineError {
+                code,
+                message: format!("fake {code}"),
+            }),
             None => Ok(st),
         }
     }
@@ -42,19 +45,34 @@ impl Engine for FakeEngine {
         let delay = self.0.lock().unwrap().send_delay;
         tokio::time::sleep(delay).await;
         let mut st = self.lock()?;
-        let sender = req.from.clone().unwrap_or_else(|| UserId::parse("system").unwrap());
+        let sender = req
+            .from
+            .clone()
+            .unwrap_or_else(|| UserId::parse("system").unwrap());
         let conv = Target::parse(&req.to).unwrap().conv_for(&sender);
         if let ConvId::Group(g) = &conv {
             if g.as_str() == "nope" {
-                return Err(EngineError { code: ErrorCode::NoSuchGroup, message: "no such group: nope".into() });
+                return Err(EngineError {
+                    code: ErrorCode::NoSuchGroup,
+                    message: "no such group: nope".into(),
+                });
             }
         }
         st.sends.push(req);
         let seq = st.sends.len() as u64;
-        Ok(SendOk { conv, seq, ts: FAKE_TS + seq })
+        Ok(SendOk {
+            conv,
+            seq,
+            ts: FAKE_TS + seq,
+        })
     }
 
-    async fn history(&self, conv: &ConvId, after: u64, limit: u32) -> Result<(Vec<Entry>, bool), EngineError> {
+    async fn history(
+        &self,
+        conv: &ConvId,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), EngineError> {
         let mut st = self.lock()?;
         st.history_calls.push((conv.clone(), after, limit));
         let all: Vec<Entry> = st
@@ -80,10 +98,20 @@ impl Engine for FakeEngine {
         Ok((all.into_iter().take(limit).collect(), has_more))
     }
 
-    async fn put_user(&self, user: UserId, name: Option<String>, meta: Option<RawJson>) -> Result<UserRecord, EngineError> {
+    async fn put_user(
+        &self,
+        user: UserId,
+        name: Option<String>,
+        meta: Option<RawJson>,
+    ) -> Result<UserRecord, EngineError> {
         let mut st = self.lock()?;
         let created_ts = st.users.get(&user).map_or(FAKE_TS, |u| u.created_ts);
-        let rec = UserRecord { user: user.clone(), name, meta, created_ts };
+        let rec = UserRecord {
+            user: user.clone(),
+            name,
+            meta,
+            created_ts,
+        };
         st.users.insert(user, rec.clone());
         Ok(rec)
     }
@@ -96,12 +124,23 @@ impl Engine for FakeEngine {
         Ok(self.lock()?.users.remove(user).is_some())
     }
 
-    async fn mint_token(&self, user: &UserId, device: Option<DeviceId>, ttl_s: u64) -> Result<MintedToken, EngineError> {
+    async fn mint_token(
+        &self,
+        user: &UserId,
+        device: Option<DeviceId>,
+        ttl_s: u64,
+    ) -> Result<MintedToken, EngineError> {
         let mut st = self.lock()?;
         if !st.users.contains_key(user) {
-            return Err(EngineError { code: ErrorCode::NoSuchUser, message: format!("no such user: {user}") });
+            return Err(EngineError {
+                code: ErrorCode::NoSuchUser,
+                message: format!("no such user: {user}"),
+            });
         }
         st.mints.push((user.clone(), device, ttl_s));
-        Ok(MintedToken { token: format!("tok.{user}"), expires_ts: FAKE_TS + ttl_s * 1000 })
+        Ok(MintedToken {
+            token: format!("tok.{user}"),
+            expires_ts: FAKE_TS + ttl_s * 1000,
+        })
     }
 }

@@ -1,7 +1,7 @@
 //! `/v1/users/{user}` (upsert, read, delete) and `/v1/users/{user}/tokens`.
 
-use axum::http::StatusCode;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tern_engine::UserRecord;
@@ -50,7 +50,12 @@ pub(crate) struct UserDto {
 
 impl From<UserRecord> for UserDto {
     fn from(r: UserRecord) -> Self {
-        Self { user: r.user, name: r.name, meta: r.meta, created_ts: r.created_ts }
+        Self {
+            user: r.user,
+            name: r.name,
+            meta: r.meta,
+            created_ts: r.created_ts,
+        }
     }
 }
 
@@ -150,5 +155,8 @@ pub(crate) async fn mint_token<E: Engine>(
         )));
     }
     let minted = st.engine.mint_token(&user, device, ttl_s).await?;
-    Ok(Json(TokenDto { token: minted.token, expires_ts: minted.expires_ts }))
+    Ok(Json(TokenDto {
+        token: minted.token,
+        expires_ts: minted.expires_ts,
+    }))
 }

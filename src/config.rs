@@ -50,6 +50,15 @@ pub struct ServeArgs {
     /// Messages older than this are deleted [default: 30].
     #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u64>,
+    /// Groups above this many members get `notice` frames for inactive devices [default: 500].
+    #[arg(long, value_name = "N")]
+    pub large_group_threshold: Option<usize>,
+    /// Sends per second per connection before `rate_limited` [default: 50].
+    #[arg(long, value_name = "N")]
+    pub send_rate_per_s: Option<u32>,
+    /// Burst of sends per connection above the rate [default: 200].
+    #[arg(long, value_name = "N")]
+    pub send_burst: Option<u32>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
@@ -75,7 +84,37 @@ struct FileConfig {
     retention_days: Option<u64>,
     pin_cores: Option<bool>,
     http_body_bytes_max: Option<usize>,
+    large_group_threshold: Option<usize>,
+    send_rate_per_s: Option<u32>,
+    send_burst: Option<u32>,
     log: Option<String>,
+    webhook: Option<WebhookFile>,
+    before_send: Option<BeforeSendFile>,
+}
+
+/// `[webhook]`: after-the-fact events (message.sent, user.online,
+/// user.offline, group.changed), delivered in signed batches.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct WebhookFile {
+    url: String,
+    secret: String,
+    events: Option<Vec<String>>,
+    batch_max: Option<usize>,
+    flush_ms: Option<u64>,
+    queue_max: Option<usize>,
+    retries: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+/// `[before_send]`: a hook that may veto a message before it is stored.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct BeforeSendFile {
+    url: String,
+    secret: String,
+    timeout_ms: Option<u64>,
+    fail_open: Option<bool>,
 }
 
 /// The merged settings.
@@ -93,7 +132,12 @@ pub struct Settings {
     pub retention_days: u64,
     pub pin_cores: bool,
     pub http_body_bytes_max: usize,
+    pub large_group_threshold: usize,
+    pub send_rate_per_s: u32,
+    pub send_burst: u32,
     pub log: String,
+    pub webhook: Option<tern_gateway_http::WebhookConfig>,
+    pub before_send: Option<tern_gateway_http::BeforeSendConfig>,
 }
 
 /// Bounds on tunables, so a typo cannot make the server unusable.
@@ -134,13 +178,35 @@ impl Settings {
             retention_days: a.retention_days.or(f.retention_days).unwrap_or(30),
             pin_cores: !a.no_pin && f.pin_cores.unwrap_or(true),
             http_body_bytes_max: f.http_body_bytes_max.unwrap_or(1024 * 1024),
+            large_group_threshold: a.large_group_threshold.or(f.large_group_threshold).unwrap_or(500),
+            send_rate_per_s: a.send_rate_per_s.or(f.send_rate_per_s).unwrap_or(50),
+            send_burst: a.send_burst.or(f.send_burst).unwrap_or(200),
             log: a.log.or(f.log).unwrap_or_else(|| "info".to_owned()),
+            webhook: f.webhook.map(|w| {
+                let mut c = tern_gateway_http::WebhookConfig::new(w.url, w.secret);
+                c.events = w.events.unwrap_or_default();
+                c.batch_max = w.batch_max.unwrap_or(c.batch_max);
+                c.flush_ms = w.flush_ms.unwrap_or(c.flush_ms);
+                c.queue_max = w.queue_max.unwrap_or(c.queue_max);
+                c.retries = w.retries.unwrap_or(c.retries);
+                c.timeout_ms = w.timeout_ms.unwrap_or(c.timeout_ms);
+                c
+            }),
+            before_send: f.before_send.map(|b| {
+                let mut c = tern_gateway_http::BeforeSendConfig::new(b.url, b.secret);
+                c.timeout_ms = b.timeout_ms.unwrap_or(c.timeout_ms);
+                c.fail_open = b.fail_open.unwrap_or(false);
+                c
+            }),
         };
         if s.shards == 0 || s.shards > SHARDS_MAX {
             bail!("shards must be 1..={SHARDS_MAX}");
         }
         if !(FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&s.max_frame_bytes) {
             bail!("max_frame_bytes must be {FRAME_BYTES_MIN}..={FRAME_BYTES_MAX}");
+        }
+        if s.send_rate_per_s == 0 || s.send_burst == 0 {
+            bail!("send_rate_per_s and send_burst must be at least 1");
         }
         if s.heartbeat_ms < 100 || s.ack_timeout_ms < 100 {
             bail!("heartbeat_ms and ack_timeout_ms must be at least 100");

@@ -84,7 +84,23 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     })
     .with_context(|| format!("cannot open the database in {}", cfg.data_dir.join("db").display()))?;
 
+    // The gateway's runtime comes first: the before-send hook lives on it and
+    // the engine needs the hook at start.
+    let runtime = tern_gateway_http::Runtime::new().context("cannot start the HTTP runtime")?;
     let mut ecfg = tern_engine::EngineConfig::new(cfg.ws_addr, token_key);
+    if let Some(bs) = cfg.before_send.clone() {
+        ecfg.before_send = Some(runtime.before_send_hook(bs).context("bad [before_send] config")?);
+    }
+    let events_rx = if cfg.webhook.is_some() {
+        let (tx, rx) = crossbeam_channel::bounded(tern_engine::hooks::EVENT_QUEUE_MAX);
+        ecfg.events = Some(tx);
+        Some(rx)
+    } else {
+        None
+    };
+    ecfg.large_group_threshold = cfg.large_group_threshold;
+    ecfg.send_rate_per_s = cfg.send_rate_per_s;
+    ecfg.send_burst = cfg.send_burst;
     ecfg.shards = cfg.shards;
     ecfg.frame_bytes_max = cfg.max_frame_bytes;
     ecfg.heartbeat_ms = cfg.heartbeat_ms;
@@ -98,8 +114,11 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             addr: cfg.http_addr,
             api_key,
             body_bytes_max: cfg.http_body_bytes_max,
+            webhook: cfg.webhook.clone(),
+            events: events_rx,
         },
         engine.handle(),
+        runtime,
     )
     .context("cannot start the HTTP gateway")?;
 

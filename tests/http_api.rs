@@ -30,13 +30,13 @@ fn assert_error(v: &Value, code: Option<&str>, what: &str) {
 async fn healthz_metrics_and_openapi() {
     let s = Server::start(&[]).await;
     let (st, v) = s.request_raw("GET", "/healthz", None, None).await;
-    assert_eq!(st, 200);
+    assert_eq!(st, 200, "GET /healthz: {v}");
     assert_eq!(v, json!({ "status": "ok" }));
     let (st, v) = s.request_raw("GET", "/metrics", None, None).await;
-    assert_eq!(st, 200);
+    assert_eq!(st, 200, "GET /metrics (no key): {v}");
     assert!(v.is_string(), "Prometheus text, not JSON: {v}");
     let (st, v) = s.request_raw("GET", "/openapi.json", None, None).await;
-    assert_eq!(st, 200);
+    assert_eq!(st, 200, "GET /openapi.json: {v}");
     assert!(
         v["openapi"].as_str().is_some_and(|o| o.starts_with('3')),
         "{v}"
@@ -290,11 +290,13 @@ async fn post_message_without_from_is_from_system() {
         );
     }
 
-    // To a user: delivered to that user, from system.
+    // To a user: the dm between that user and `system` (PROTOCOL leaves the
+    // conv open; `dm:<user>:system` sorted like any dm is the choice made).
     let (st, v) = s
         .post_message(json!({ "to": "user:bob", "kind": "text", "body": "welcome" }))
         .await;
     assert_eq!(st, 200, "{v}");
+    assert_eq!(v["conv"], "dm:bob:system", "{v}");
     let conv = v["conv"].as_str().expect("conv").to_string();
     let m = bob.expect_msg(&conv, v["seq"].as_u64().expect("seq")).await;
     assert_eq!(m["from"], "system");

@@ -15,9 +15,11 @@ use tern_proto::Subprotocol;
 /// not name one, so the tests also work with the default 10 s.
 const SHORT_ACK_TIMEOUT_MS: u64 = 1_000;
 
-/// Flags for a short ack timeout, if the server supports one.
+/// Flags for a short ack timeout, if the server supports one. Setting
+/// `TERN_E2E_DEFAULT_TIMEOUTS=1` runs with the default 10 s instead (slow).
 fn short_ack_args() -> Vec<&'static str> {
-    if Server::supports_flag("--ack-timeout-ms") {
+    let defaults = std::env::var_os("TERN_E2E_DEFAULT_TIMEOUTS").is_some();
+    if !defaults && Server::supports_flag("--ack-timeout-ms") {
         vec!["--ack-timeout-ms", "1000"]
     } else {
         Vec::new()

@@ -22,6 +22,16 @@ pub struct EngineConfig {
     pub dedup_window_ms: u64,
     /// Key that signs and verifies access tokens.
     pub token_key: TokenKey,
+    /// Groups above this many members get `notice` instead of full pushes
+    /// for inactive devices (PROTOCOL.md default 500).
+    pub large_group_threshold: usize,
+    /// Per-connection sends per second (token bucket refill), and burst.
+    pub send_rate_per_s: u32,
+    pub send_burst: u32,
+    /// Where events for webhooks go (bounded: [`crate::hooks::EVENT_QUEUE_MAX`]).
+    pub events: Option<crossbeam_channel::Sender<crate::hooks::EngineEvent>>,
+    /// The optional before-send veto.
+    pub before_send: Option<std::sync::Arc<dyn crate::hooks::BeforeSend>>,
 }
 
 impl EngineConfig {
@@ -36,6 +46,11 @@ impl EngineConfig {
             ack_timeout_ms: 10_000,
             dedup_window_ms: 24 * 3600 * 1000,
             token_key,
+            large_group_threshold: 500,
+            send_rate_per_s: 50,
+            send_burst: 200,
+            events: None,
+            before_send: None,
         }
     }
 }

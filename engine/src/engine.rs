@@ -2,7 +2,7 @@
 //! writer, reader threads, the listeners and the shard threads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -90,12 +90,7 @@ impl Engine {
         let (mesh, inboxes) = Mesh::new(n);
         let writer = storage.start_writer(Arc::new(MeshSink { mesh: mesh.clone() }));
         let readers = ReaderPool::start(READER_THREADS);
-        let stats = Stats {
-            connections: (0..n).map(|_| AtomicI64::new(0)).collect(),
-            messages_in: AtomicU64::new(0),
-            deliveries: AtomicU64::new(0),
-            redeliveries: AtomicU64::new(0),
-        };
+        let stats = Stats::new(n);
         let pin = cfg.pin_cores;
         let shared = Arc::new(Shared { cfg, mesh, storage, writer, readers, revoked: RwLock::new(revoked), stats });
         let cores = core_affinity::get_core_ids().unwrap_or_default();

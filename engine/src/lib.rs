@@ -21,6 +21,7 @@ pub mod config;
 mod encoded;
 pub mod engine;
 pub mod handle;
+pub mod hooks;
 mod handle_impl;
 pub mod limits;
 mod mesh;
@@ -33,5 +34,9 @@ pub mod ws;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, StartError};
-pub use handle::{EngineError, EngineHandle, MintedToken, SendOk, SendRequest, UserRecord};
+pub use handle::{
+    EngineError, EngineHandle, EngineMetrics, GroupRecord, MembersPage, MintedToken, Presence, SendOk, SendRequest,
+    UserRecord,
+};
+pub use hooks::{BeforeSend, BeforeSendRequest, EngineEvent, Verdict};
 pub use shared::now_ms;

@@ -75,13 +75,37 @@ pub struct SendJob {
 
 /// Frames for users of one home shard: encoded once, the same bytes for all.
 pub struct Push {
-    pub users: Vec<UserId>,
+    /// Shared, not copied: a large group's per-home-shard member slice is
+    /// cached by the owner and reused for every message.
+    pub users: Arc<[UserId]>,
     /// The sending connection, which gets a `send_ack` instead.
     pub except: Option<ConnRef>,
+    /// A user none of whose devices get it (the typer, for `typing`).
+    pub skip_user: Option<UserId>,
     pub frame: Arc<Encoded>,
     /// (conv, seq) when the frame is a timeline entry that must be acked.
     pub track: Option<(Arc<str>, u64)>,
+    /// Set for groups above the large-group threshold: devices not active in
+    /// the group get a coalesced `notice` with this max seq instead.
+    pub large: bool,
 }
+
+/// A group read/write that needs the owner's member list.
+pub enum GroupAccess {
+    Sync { after: u64, limit: usize },
+    Read { seq: u64 },
+    Typing,
+}
+
+/// An administrative group operation (from the HTTP API).
+pub enum GroupOp {
+    Put { name: Option<String>, members: Option<Vec<UserId>> },
+    Delete,
+    Members { add: Vec<UserId>, remove: Vec<UserId> },
+}
+
+/// What a group operation answers.
+pub type GroupOpReply = tokio::sync::oneshot::Sender<Result<crate::handle::GroupRecord, EngineError>>;
 
 /// A socket that finished `auth` on another shard and now moves home.
 pub struct Adopt {
@@ -103,6 +127,12 @@ pub enum ShardMsg {
     Reply { conn: ConnRef, frame: ServerFrame },
     /// Results of a storage batch for this shard's requests.
     Committed(Vec<(u64, Result<(), StorageError>)>),
+    /// To a group's owner: check membership, then do it.
+    GroupAccess { conv: ConvId, user: UserId, conn: ConnRef, what: GroupAccess },
+    /// To a group's owner: change it (events sequenced in its timeline).
+    GroupOp { group: tern_proto::GroupId, op: GroupOp, reply: GroupOpReply },
+    /// To a user's home shard: its online devices.
+    Presence { user: UserId, reply: tokio::sync::oneshot::Sender<Vec<(DeviceId, u64)>> },
     /// Close connections of `user` (one device or all) with `kicked`.
     Kick {
         user: UserId,
@@ -145,6 +175,11 @@ impl Mesh {
 
     pub fn n_shards(&self) -> usize {
         self.doors.len()
+    }
+
+    /// Batches waiting in `shard`'s inbox (for metrics).
+    pub fn depth(&self, shard: ShardIdx) -> usize {
+        self.doors[shard].tx.len()
     }
 
     /// Queue a batch for `shard` and wake it once. On a full inbox the batch

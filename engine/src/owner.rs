@@ -14,15 +14,16 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
-use tern_proto::{ConvId, Entry, ErrorCode, Msg, ServerFrame, UserId};
-use tern_storage::{StorageError, WriteOp, WriteRequest};
+use hashbrown::{HashMap, HashSet};
+use tern_proto::{ConvId, Entry, ErrorCode, Event, GroupId, Msg, RawJson, ServerFrame, UserId};
+use tern_storage::{GroupRow, StorageError, WriteOp, WriteRequest};
 
 use crate::encoded::Encoded;
-use crate::handle::{EngineError, SendOk};
-use crate::mesh::{owner_shard, ConnRef, ReplyTo, SendJob, ShardMsg};
+use crate::handle::{EngineError, GroupRecord, SendOk};
+use crate::hooks::{BeforeSendRequest, EngineEvent, Verdict};
+use crate::mesh::{home_shard, owner_shard, ConnRef, GroupAccess, GroupOp, GroupOpReply, ReplyTo, SendJob, ShardMsg};
 use crate::shard::Shard;
-use crate::shared::{now_ms, SYSTEM_USER};
+use crate::shared::{now_ms, Shared, SYSTEM_USER};
 
 /// Sequencing state of one conversation.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,16 +39,59 @@ struct ConvSeq {
 
 type DedupKey = (ConvId, UserId, String);
 
+/// Who gets an entry once it is durable.
+enum Recipients {
+    /// A dm's participants.
+    Users(Vec<UserId>),
+    /// A group's members, partitioned by home shard (shared slices).
+    Parts { parts: Arc<Vec<Arc<[UserId]>>>, n: usize, large: bool },
+}
+
+/// What to do when an entry commits.
+enum Then {
+    /// A message: answer the sender (and duplicates waiting on it), tell the
+    /// webhooks.
+    Msg { cmid: String, reply: ReplyTo, dedup: Option<DedupKey>, event: Option<EngineEvent> },
+    /// A group event: answer the HTTP caller after the last event of its op.
+    Event { code: u16, data: RawJson, reply: Option<(GroupOpReply, GroupRecord)> },
+}
+
 struct PendingAppend {
     conv: ConvId,
     seq: u64,
     ts: u64,
-    cmid: String,
-    reply: ReplyTo,
-    dedup: Option<DedupKey>,
     except: Option<ConnRef>,
-    recipients: Vec<UserId>,
+    recipients: Recipients,
     frame: Arc<Encoded>,
+    then: Then,
+}
+
+/// A group as its owner shard knows it (loaded from storage on first use).
+struct GroupState {
+    name: Option<String>,
+    created_ts: u64,
+    members: HashSet<UserId>,
+    /// `members` partitioned by home shard; rebuilt after a change.
+    parts: Option<Arc<Vec<Arc<[UserId]>>>>,
+}
+
+impl GroupState {
+    fn parts(&mut self, n_shards: usize) -> Arc<Vec<Arc<[UserId]>>> {
+        if let Some(p) = &self.parts {
+            return p.clone();
+        }
+        let mut by_home: Vec<Vec<UserId>> = (0..n_shards).map(|_| Vec::new()).collect();
+        for u in &self.members {
+            by_home[home_shard(u, n_shards)].push(u.clone());
+        }
+        let p: Arc<Vec<Arc<[UserId]>>> = Arc::new(by_home.into_iter().map(Into::into).collect());
+        self.parts = Some(p.clone());
+        p
+    }
+
+    fn record(&self, group: &GroupId) -> GroupRecord {
+        GroupRecord { group: group.clone(), name: self.name.clone(), members_count: self.members.len() as u64, created_ts: self.created_ts }
+    }
 }
 
 /// Per-shard owner state.
@@ -58,6 +102,37 @@ pub(crate) struct Owner {
     /// Sends waiting for an identical (conv, sender, cmid) already in flight.
     dedup_waiters: HashMap<DedupKey, Vec<(ReplyTo, String)>>,
     next_token: u64,
+    /// Groups this shard owns that were used since start; `None`: no such group.
+    groups: HashMap<GroupId, Option<GroupState>>,
+    /// Receipts to push once their read position is stored (so a device that
+    /// sees a receipt and asks `convs` finds it).
+    pending_reads: HashMap<u64, PendingRead>,
+}
+
+/// A `receipt` waiting for its `SetRead` to commit.
+pub(crate) struct PendingRead {
+    pub recipients: ReadRecipients,
+    pub except: ConnRef,
+    pub frame: Arc<Encoded>,
+}
+
+/// Who gets a receipt.
+pub(crate) enum ReadRecipients {
+    Users(Vec<UserId>),
+    Parts(Arc<Vec<Arc<[UserId]>>>),
+}
+
+/// Store a read position, then push its receipt (see [`PendingRead`]).
+pub(crate) fn store_read(shard: &Shard, user: UserId, conv: ConvId, seq: u64, receipt: PendingRead) -> Result<(), EngineError> {
+    let token = {
+        let mut owner = shard.owner.borrow_mut();
+        owner.next_token += 1;
+        owner.next_token
+    };
+    let req = WriteRequest { reply_to: shard.idx as u32, token, op: WriteOp::SetRead { user, conv, seq } };
+    shard.shared.writer.submit(req).map_err(storage_err)?;
+    shard.owner.borrow_mut().pending_reads.insert(token, receipt);
+    Ok(())
 }
 
 impl Owner {
@@ -96,8 +171,8 @@ fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
     EngineError { code, message: message.into() }
 }
 
-/// Who receives a conversation's entries.
-fn recipients(conv: &ConvId) -> Vec<UserId> {
+/// A dm's recipients: its participants other than `system`.
+fn dm_recipients(conv: &ConvId) -> Vec<UserId> {
     match conv {
         ConvId::Dm { a, b } => {
             let mut v = Vec::with_capacity(2);
@@ -112,21 +187,117 @@ fn recipients(conv: &ConvId) -> Vec<UserId> {
     }
 }
 
+/// Route a validated send to its owner shard, through the before-send hook
+/// when one is configured (the hook answers from any thread).
+pub(crate) fn submit(shared: &Arc<Shared>, from_shard: Option<&Shard>, job: SendJob) {
+    let owner = owner_shard(&job.conv, shared.mesh.n_shards());
+    let Some(hook) = shared.cfg.before_send.clone() else {
+        match from_shard {
+            Some(shard) => shard.mesh_send(owner, ShardMsg::Send(job)),
+            None => {
+                if !shared.mesh.send_from_outside(owner, ShardMsg::Send(job)) {
+                    tracing::error!("send could not reach its owner shard");
+                }
+            }
+        }
+        return;
+    };
+    let req = BeforeSendRequest {
+        conv: job.conv.clone(),
+        from: job.from.clone(),
+        device: job.device.clone(),
+        cmid: job.cmid.clone(),
+        kind: job.kind,
+        body: job.body.clone(),
+    };
+    let mesh = shared.mesh.clone();
+    hook.check(
+        req,
+        Box::new(move |verdict| match verdict {
+            Verdict::Allow => {
+                if !mesh.send_from_outside(owner, ShardMsg::Send(job)) {
+                    tracing::error!("send could not reach its owner shard");
+                }
+            }
+            Verdict::Reject(reason) => {
+                let e = err(ErrorCode::Rejected, reason);
+                match job.reply {
+                    ReplyTo::Conn(c) => {
+                        let frame = ServerFrame::SendErr { cmid: job.cmid, code: e.code, message: e.message };
+                        mesh.send_from_outside(c.shard, ShardMsg::Reply { conn: c, frame });
+                    }
+                    ReplyTo::Http(tx) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
+        }),
+    );
+}
+
+/// The group's state, loaded from storage on first use (a blocking point read
+/// plus a members scan, once per group per process).
+fn load_group<'a>(shard: &Shard, owner: &'a mut Owner, g: &GroupId) -> Result<Option<&'a mut GroupState>, EngineError> {
+    if !owner.groups.contains_key(g) {
+        let storage = &shard.shared.storage;
+        let state = match storage.get_group(g).map_err(storage_err)? {
+            None => None,
+            Some(row) => {
+                let members = storage.group_members(g).map_err(storage_err)?;
+                Some(GroupState { name: row.name, created_ts: row.created_ts, members: members.into_iter().collect(), parts: None })
+            }
+        };
+        owner.groups.insert(g.clone(), state);
+    }
+    Ok(owner.groups.get_mut(g).and_then(|s| s.as_mut()))
+}
+
+fn storage_err(e: StorageError) -> EngineError {
+    err(ErrorCode::Unavailable, format!("storage: {e}"))
+}
+
 pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
     debug_assert_eq!(owner_shard(&job.conv, shard.n_shards()), shard.idx, "send routed to the wrong owner");
     let storage = &shard.shared.storage;
-    let to = recipients(&job.conv);
-    // Every participant other than the sender must exist (no_such_user).
-    for u in &to {
-        if u == &job.from {
-            continue;
+    let n = shard.n_shards();
+    let recipients = match &job.conv {
+        ConvId::Dm { .. } => {
+            let to = dm_recipients(&job.conv);
+            // Every participant other than the sender must exist (no_such_user).
+            for u in &to {
+                if u == &job.from {
+                    continue;
+                }
+                match storage.user_exists(u) {
+                    Ok(true) => {}
+                    Ok(false) => return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NoSuchUser, format!("no user {u}")))),
+                    Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
+                }
+            }
+            Recipients::Users(to)
         }
-        match storage.user_exists(u) {
-            Ok(true) => {}
-            Ok(false) => return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NoSuchUser, format!("no user {u}")))),
-            Err(e) => return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::Unavailable, format!("storage: {e}")))),
+        ConvId::Group(g) => {
+            let mut owner = shard.owner.borrow_mut();
+            match load_group(shard, &mut owner, g) {
+                Err(e) => {
+                    drop(owner);
+                    return reply(shard, job.reply, &job.cmid, Err(e));
+                }
+                Ok(None) => {
+                    drop(owner);
+                    return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NoSuchGroup, format!("no group {g}"))));
+                }
+                Ok(Some(st)) => {
+                    if job.from.as_str() != SYSTEM_USER && !st.members.contains(&job.from) {
+                        drop(owner);
+                        return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NotMember, format!("{} is not in {g}", job.from))));
+                    }
+                    let large = st.members.len() > shard.shared.cfg.large_group_threshold;
+                    Recipients::Parts { parts: st.parts(n), n: st.members.len(), large }
+                }
+            }
         }
-    }
+    };
     let now = now_ms();
     let dedup_key: Option<DedupKey> = job.dedup.then(|| (job.conv.clone(), job.from.clone(), job.cmid.clone()));
     if let Some(key) = &dedup_key {
@@ -141,17 +312,13 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                 return reply(shard, job.reply, &job.cmid, Ok(SendOk { conv: job.conv, seq, ts }));
             }
             Ok(None) => {}
-            Err(e) => return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::Unavailable, format!("storage: {e}")))),
+            Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
         }
     }
-    let mut owner = shard.owner.borrow_mut();
-    let st = owner.convs.entry(job.conv.clone()).or_default();
-    if st.poisoned {
-        drop(owner);
-        return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::Unavailable, "storage failed; retry")));
-    }
-    debug_assert!(st.committed <= st.next);
-    let seq = st.next + 1;
+    let seq = match next_seq(shard, &job.conv) {
+        Ok(s) => s,
+        Err(e) => return reply(shard, job.reply, &job.cmid, Err(e)),
+    };
     let msg = Msg {
         conv: job.conv.to_string(),
         seq,
@@ -163,82 +330,393 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         ts: now,
     };
     let frame = Arc::new(Encoded::both(&ServerFrame::Msg(msg.clone())));
-    owner.next_token += 1;
-    let token = owner.next_token;
+    let event = shard.shared.cfg.events.is_some().then(|| EngineEvent::MessageSent {
+        conv: job.conv.clone(),
+        seq,
+        from: job.from.clone(),
+        device: msg.device.clone(),
+        cmid: msg.cmid.clone(),
+        kind: msg.kind,
+        body: msg.body.clone(),
+        ts: now,
+    });
     // The per-user conversation index needs writing once, with the first entry.
-    let index_users = if seq == 1 { to.clone() } else { Vec::new() };
-    let req = WriteRequest {
-        reply_to: shard.idx as u32,
-        token,
-        op: WriteOp::Append {
-            conv: job.conv.clone(),
-            entry: Entry::Msg(msg),
-            dedup: dedup_key.as_ref().map(|(_, u, c)| (u.as_str().to_owned(), c.clone())),
-            index_users,
-        },
+    let index_users = match (&recipients, seq) {
+        (Recipients::Users(to), 1) => to.clone(),
+        _ => Vec::new(),
     };
-    if let Err(e) = shard.shared.writer.submit(req) {
-        drop(owner);
-        return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::Unavailable, format!("storage: {e}"))));
-    }
-    let st = owner.convs.get_mut(&job.conv).expect("inserted above");
-    st.next = seq;
-    st.in_flight += 1;
+    let op = WriteOp::Append {
+        conv: job.conv.clone(),
+        entry: Entry::Msg(msg),
+        dedup: dedup_key.as_ref().map(|(_, u, c)| (u.as_str().to_owned(), c.clone())),
+        index_users,
+    };
     let except = match &job.reply {
         ReplyTo::Conn(c) => Some(*c),
         ReplyTo::Http(_) => None,
     };
     if let Some(key) = &dedup_key {
-        owner.dedup_waiters.insert(key.clone(), Vec::new());
+        shard.owner.borrow_mut().dedup_waiters.insert(key.clone(), Vec::new());
     }
-    owner.pending.insert(
-        token,
-        PendingAppend { conv: job.conv, seq, ts: now, cmid: job.cmid, reply: job.reply, dedup: dedup_key, except, recipients: to, frame },
-    );
+    let pending = PendingAppend {
+        conv: job.conv,
+        seq,
+        ts: now,
+        except,
+        recipients,
+        frame,
+        then: Then::Msg { cmid: job.cmid, reply: job.reply, dedup: dedup_key, event },
+    };
+    write(shard, op, pending);
+}
+
+/// Hand out the next seq of `conv` (not yet committed).
+fn next_seq(shard: &Shard, conv: &ConvId) -> Result<u64, EngineError> {
+    let mut owner = shard.owner.borrow_mut();
+    let st = owner.convs.entry(conv.clone()).or_default();
+    if st.poisoned {
+        return Err(err(ErrorCode::Unavailable, "storage failed; retry"));
+    }
+    debug_assert!(st.committed <= st.next);
+    st.next += 1;
+    st.in_flight += 1;
+    Ok(st.next)
+}
+
+/// Submit the durable write of a sequenced entry; its answer comes in
+/// [`on_committed`]. A refused submit fails the entry at once (and is
+/// treated like a failed write for the conversation's numbering).
+fn write(shard: &Shard, op: WriteOp, p: PendingAppend) {
+    let token = {
+        let mut owner = shard.owner.borrow_mut();
+        owner.next_token += 1;
+        owner.next_token
+    };
+    let req = WriteRequest { reply_to: shard.idx as u32, token, op };
+    let submitted = shard.shared.writer.submit(req);
+    shard.owner.borrow_mut().pending.insert(token, p);
+    if let Err(e) = submitted {
+        complete(shard, token, Err(e));
+    }
 }
 
 pub(crate) fn on_committed(shard: &Rc<Shard>, results: Vec<(u64, Result<(), StorageError>)>) {
     for (token, res) in results {
-        let (p, waiters) = {
-            let mut owner = shard.owner.borrow_mut();
-            let Some(p) = owner.pending.remove(&token) else {
-                debug_assert!(false, "commit for unknown token {token}");
-                continue;
-            };
-            let waiters = p.dedup.as_ref().and_then(|k| owner.dedup_waiters.remove(k)).unwrap_or_default();
-            let st = owner.convs.get_mut(&p.conv).expect("pending conv has state");
-            st.in_flight -= 1;
-            match &res {
-                Ok(()) => {
-                    assert_eq!(p.seq, st.committed + 1, "seq must be committed +1, in order");
-                    st.committed = p.seq;
+        let read = shard.owner.borrow_mut().pending_reads.remove(&token);
+        match read {
+            Some(r) => {
+                if let Err(e) = res {
+                    tracing::warn!("storing a read position failed: {e}");
+                    continue;
                 }
-                Err(_) => st.poisoned = true,
+                match r.recipients {
+                    ReadRecipients::Users(users) => shard.push_users(users, Some(r.except), r.frame, None),
+                    ReadRecipients::Parts(parts) => shard.push_parts(&parts, Some(r.except), None, r.frame, None, false),
+                }
             }
-            if st.poisoned && st.in_flight == 0 {
-                st.next = st.committed;
-                st.poisoned = false;
-            }
-            (p, waiters)
+            None => complete(shard, token, res),
+        }
+    }
+}
+
+fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
+    let (p, waiters) = {
+        let mut owner = shard.owner.borrow_mut();
+        let Some(p) = owner.pending.remove(&token) else {
+            debug_assert!(false, "commit for unknown token {token}");
+            return;
         };
-        match res {
+        let waiters = match &p.then {
+            Then::Msg { dedup: Some(k), .. } => owner.dedup_waiters.remove(k).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let st = owner.convs.get_mut(&p.conv).expect("pending conv has state");
+        st.in_flight -= 1;
+        match &res {
             Ok(()) => {
-                let ok = SendOk { conv: p.conv.clone(), seq: p.seq, ts: p.ts };
-                let conv_str: Arc<str> = p.conv.to_string().into();
-                shard.push_users(p.recipients, p.except, p.frame, Some((conv_str, p.seq)));
-                for (w, cmid) in waiters {
-                    reply(shard, w, &cmid, Ok(ok.clone()));
-                }
-                reply(shard, p.reply, &p.cmid, Ok(ok));
+                assert_eq!(p.seq, st.committed + 1, "seq must be committed +1, in order");
+                st.committed = p.seq;
             }
-            Err(e) => {
-                tracing::warn!(conv = %p.conv, seq = p.seq, "write failed: {e}");
-                let e = err(ErrorCode::Unavailable, format!("storage: {e}"));
-                for (w, cmid) in waiters {
-                    reply(shard, w, &cmid, Err(e.clone()));
-                }
-                reply(shard, p.reply, &p.cmid, Err(e));
+            Err(_) => st.poisoned = true,
+        }
+        if st.poisoned && st.in_flight == 0 {
+            st.next = st.committed;
+            st.poisoned = false;
+        }
+        if res.is_err() {
+            // The in-memory member list may be ahead of storage now: reload.
+            if let ConvId::Group(g) = &p.conv {
+                owner.groups.remove(g);
             }
         }
+        (p, waiters)
+    };
+    let stats = &shard.shared.stats;
+    match res {
+        Ok(()) => {
+            let conv_str: Arc<str> = p.conv.to_string().into();
+            let track = Some((conv_str, p.seq));
+            let n_recipients = match p.recipients {
+                Recipients::Users(users) => {
+                    let n = users.len();
+                    shard.push_users(users, p.except, p.frame, track);
+                    n
+                }
+                Recipients::Parts { parts, n, large } => {
+                    shard.push_parts(&parts, p.except, None, p.frame, track, large);
+                    n
+                }
+            };
+            stats.fanout(n_recipients as u64);
+            stats.messages_stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match p.then {
+                Then::Msg { cmid, reply: to, event, .. } => {
+                    if let Some(e) = event {
+                        shard.shared.emit(e);
+                    }
+                    let ok = SendOk { conv: p.conv.clone(), seq: p.seq, ts: p.ts };
+                    for (w, c) in waiters {
+                        reply(shard, w, &c, Ok(ok.clone()));
+                    }
+                    reply(shard, to, &cmid, Ok(ok));
+                }
+                Then::Event { code, data, reply: answer } => {
+                    if let ConvId::Group(g) = &p.conv {
+                        shard.shared.emit(EngineEvent::GroupChanged { group: g.clone(), seq: p.seq, code, data, ts: p.ts });
+                    }
+                    if let Some((tx, rec)) = answer {
+                        let _ = tx.send(Ok(rec));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(conv = %p.conv, seq = p.seq, "write failed: {e}");
+            let e = storage_err(e);
+            match p.then {
+                Then::Msg { cmid, reply: to, .. } => {
+                    for (w, c) in waiters {
+                        reply(shard, w, &c, Err(e.clone()));
+                    }
+                    reply(shard, to, &cmid, Err(e));
+                }
+                Then::Event { reply: answer, .. } => {
+                    if let Some((tx, _)) = answer {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error_to(shard: &Shard, conn: ConnRef, e: EngineError) {
+    shard.mesh_send(conn.shard, ShardMsg::Reply { conn, frame: ServerFrame::Error { code: e.code, message: e.message } });
+}
+
+/// A group `sync`, `read` or `typing`: membership is checked here, where the
+/// member list lives, so a removed member loses reads and writes at once.
+pub(crate) fn on_group_access(shard: &Rc<Shard>, conv: ConvId, user: UserId, conn: ConnRef, what: GroupAccess) {
+    let ConvId::Group(g) = &conv else {
+        debug_assert!(false, "group access for a dm");
+        return;
+    };
+    let n = shard.n_shards();
+    let threshold = shard.shared.cfg.large_group_threshold;
+    let (parts, size) = {
+        let mut owner = shard.owner.borrow_mut();
+        match load_group(shard, &mut owner, g) {
+            Err(e) => {
+                drop(owner);
+                return error_to(shard, conn, e);
+            }
+            Ok(None) => {
+                drop(owner);
+                return error_to(shard, conn, err(ErrorCode::NoSuchGroup, format!("no group {g}")));
+            }
+            Ok(Some(st)) if !st.members.contains(&user) => {
+                drop(owner);
+                return error_to(shard, conn, err(ErrorCode::NotMember, format!("{user} is not in {g}")));
+            }
+            Ok(Some(st)) => (st.parts(n), st.members.len()),
+        }
+    };
+    match what {
+        GroupAccess::Sync { after, limit } => crate::shard::sync_job(shard, conn, conv, after, limit),
+        GroupAccess::Read { seq } => {
+            let frame = Arc::new(Encoded::both(&ServerFrame::Receipt { conv: conv.to_string(), user: user.as_str().to_owned(), read_seq: seq }));
+            let recipients = if size <= threshold {
+                ReadRecipients::Parts(parts)
+            } else {
+                // Large group: only the reader's other devices.
+                ReadRecipients::Users(vec![user.clone()])
+            };
+            if let Err(e) = store_read(shard, user, conv, seq, PendingRead { recipients, except: conn, frame }) {
+                error_to(shard, conn, e);
+            }
+        }
+        GroupAccess::Typing => {
+            let f = Arc::new(Encoded::both(&ServerFrame::Typing { conv: conv.to_string(), user: user.as_str().to_owned() }));
+            shard.push_parts(&parts, Some(conn), Some(user), f, None, false);
+        }
+    }
+}
+
+fn users_json(users: &[UserId]) -> RawJson {
+    let v: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+    RawJson::from_value(&serde_json::json!({ "users": v }))
+}
+
+/// One group event to sequence and write: its code, data, member changes.
+struct EventPlan {
+    code: u16,
+    data: RawJson,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+    delete_group: bool,
+}
+
+/// Create, change or dismiss a group. Events are sequenced in the group's
+/// timeline; the member list changes at the event's seq, so every entry
+/// after it goes to the new members only. Who gets each event: 1501/1502/
+/// 1509 the members after it, 1508/1520 the members before it (the removed
+/// learn they were removed).
+pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply: GroupOpReply) {
+    let conv = ConvId::group(&group);
+    debug_assert_eq!(owner_shard(&conv, shard.n_shards()), shard.idx);
+    let now = now_ms();
+    let mut plans: Vec<EventPlan> = Vec::new();
+    {
+        let mut owner = shard.owner.borrow_mut();
+        let exists = match load_group(shard, &mut owner, &group) {
+            Ok(st) => st.is_some(),
+            Err(e) => {
+                drop(owner);
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        match (op, exists) {
+            (GroupOp::Put { name, members }, false) => {
+                let mut members = members.unwrap_or_default();
+                members.sort();
+                members.dedup();
+                let v: Vec<&str> = members.iter().map(|u| u.as_str()).collect();
+                let data = RawJson::from_value(&serde_json::json!({ "name": name, "users": v }));
+                owner.groups.insert(group.clone(), Some(GroupState { name, created_ts: now, members: HashSet::new(), parts: None }));
+                plans.push(EventPlan { code: 1501, data, add: members, remove: Vec::new(), delete_group: false });
+            }
+            (GroupOp::Put { name, members }, true) => {
+                let st = owner.groups.get_mut(&group).and_then(|s| s.as_mut()).expect("exists");
+                if let Some(n) = name {
+                    if st.name.as_deref() != Some(n.as_str()) {
+                        st.name = Some(n.clone());
+                        plans.push(EventPlan { code: 1502, data: RawJson::from_value(&serde_json::json!({ "name": n })), add: vec![], remove: vec![], delete_group: false });
+                    }
+                }
+                if let Some(list) = members {
+                    let new: HashSet<UserId> = list.into_iter().collect();
+                    let mut added: Vec<UserId> = new.iter().filter(|u| !st.members.contains(*u)).cloned().collect();
+                    let mut removed: Vec<UserId> = st.members.iter().filter(|u| !new.contains(*u)).cloned().collect();
+                    added.sort();
+                    removed.sort();
+                    push_member_plans(&mut plans, added, removed);
+                }
+            }
+            (GroupOp::Members { add, remove }, true) => {
+                let st = owner.groups.get_mut(&group).and_then(|s| s.as_ref()).expect("exists");
+                let mut added: Vec<UserId> = add.into_iter().filter(|u| !st.members.contains(u)).collect();
+                let mut removed: Vec<UserId> = remove.into_iter().filter(|u| st.members.contains(u)).collect();
+                added.sort();
+                added.dedup();
+                removed.sort();
+                removed.dedup();
+                push_member_plans(&mut plans, added, removed);
+            }
+            (GroupOp::Delete, true) => {
+                let st = owner.groups.get(&group).and_then(|s| s.as_ref()).expect("exists");
+                let mut all: Vec<UserId> = st.members.iter().cloned().collect();
+                all.sort();
+                plans.push(EventPlan { code: 1520, data: RawJson::from_value(&serde_json::json!({})), add: vec![], remove: all, delete_group: true });
+            }
+            (GroupOp::Members { .. } | GroupOp::Delete, false) => {
+                drop(owner);
+                let _ = reply.send(Err(err(ErrorCode::NoSuchGroup, format!("no group {group}"))));
+                return;
+            }
+        }
+    }
+    let n_plans = plans.len();
+    if n_plans == 0 {
+        let rec = shard.owner.borrow().groups.get(&group).and_then(|s| s.as_ref()).map(|st| st.record(&group));
+        let _ = reply.send(rec.ok_or_else(|| err(ErrorCode::NoSuchGroup, format!("no group {group}"))));
+        return;
+    }
+    let mut reply = Some(reply);
+    for (i, plan) in plans.into_iter().enumerate() {
+        let seq = match next_seq(shard, &conv) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(r) = reply.take() {
+                    let _ = r.send(Err(e));
+                }
+                return;
+            }
+        };
+        let n = shard.n_shards();
+        let threshold = shard.shared.cfg.large_group_threshold;
+        // Apply the change at this seq and pick the recipients.
+        let (recipients, row, record) = {
+            let mut owner = shard.owner.borrow_mut();
+            let st = owner.groups.get_mut(&group).and_then(|s| s.as_mut()).expect("group state present while its op runs");
+            let before = (st.parts(n), st.members.len());
+            for u in &plan.add {
+                st.members.insert(u.clone());
+            }
+            for u in &plan.remove {
+                st.members.remove(u);
+            }
+            if !plan.add.is_empty() || !plan.remove.is_empty() {
+                st.parts = None;
+            }
+            let after = (st.parts(n), st.members.len());
+            let (parts, count) = if plan.code == 1508 || plan.code == 1520 { before } else { after };
+            let record = st.record(&group);
+            let row = GroupRow { group: group.clone(), name: st.name.clone(), members_count: st.members.len() as u64, created_ts: st.created_ts };
+            if plan.delete_group {
+                owner.groups.insert(group.clone(), None);
+            }
+            (Recipients::Parts { parts, n: count, large: count > threshold }, row, record)
+        };
+        let ev = Event { conv: conv.to_string(), seq, code: plan.code, data: plan.data.clone(), ts: now };
+        let frame = Arc::new(Encoded::both(&ServerFrame::Event(ev.clone())));
+        let op = WriteOp::GroupChange {
+            conv: conv.clone(),
+            event: Some(Entry::Event(ev)),
+            row: (!plan.delete_group).then_some(row),
+            add: plan.add,
+            remove: plan.remove,
+            delete_group: plan.delete_group,
+        };
+        let answer = if i + 1 == n_plans { reply.take().map(|r| (r, record)) } else { None };
+        let pending = PendingAppend {
+            conv: conv.clone(),
+            seq,
+            ts: now,
+            except: None,
+            recipients,
+            frame,
+            then: Then::Event { code: plan.code, data: plan.data, reply: answer },
+        };
+        write(shard, op, pending);
+    }
+}
+
+fn push_member_plans(plans: &mut Vec<EventPlan>, added: Vec<UserId>, removed: Vec<UserId>) {
+    if !added.is_empty() {
+        plans.push(EventPlan { code: 1509, data: users_json(&added), add: added, remove: vec![], delete_group: false });
+    }
+    if !removed.is_empty() {
+        plans.push(EventPlan { code: 1508, data: users_json(&removed), add: vec![], remove: removed, delete_group: false });
     }
 }

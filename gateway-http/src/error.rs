@@ -104,15 +104,23 @@ impl From<EngineError> for ApiError {
     }
 }
 
-#[derive(serde::Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// Every error answer: `{"error":{"code":..,"message":..}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(serde::Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The error itself.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// A protocol error code (`bad_request`, `unauthorized`, `not_member`,
+    /// `no_such_user`, `no_such_group`, `too_large`, `rate_limited`,
+    /// `rejected`, `unavailable`) or an HTTP-only one (`forbidden`,
+    /// `not_found`, `method_not_allowed`).
+    #[schema(value_type = String, example = "no_such_user")]
+    code: &'static str,
+    /// Human-readable detail; not meant to be parsed.
+    message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -120,7 +128,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
-                message: &self.message,
+                message: self.message,
             },
         };
         let mut res = (self.status, Json(body)).into_response();

@@ -13,6 +13,22 @@
 //!   to HTTP statuses.
 //! - `engine.rs`: the narrow trait the handlers call; implemented by
 //!   `EngineHandle`, and by a fake in the unit tests.
+//! - `metrics.rs`: `GET /metrics` (Prometheus text, written by hand) and
+//!   the gateway's own counters.
+//! - `openapi.rs`: `GET /openapi.json`, generated from the handlers and DTOs
+//!   with utoipa.
+//! - `webhooks/`: event webhooks (batched, signed, retried) and the
+//!   before-send hook.
+//!
+//! # Start-up order
+//! The engine needs its before-send hook when it starts, and the gateway
+//! needs the running engine's handle; so the runtime comes first:
+//! ```text
+//! let rt = Runtime::new()?;                       // tokio runtime + HTTP client
+//! let hook = rt.before_send_hook(before_cfg)?;    // give it to the engine
+//! let engine = /* start the engine with `hook` and an event queue */;
+//! let gw = start(gw_cfg, engine.handle(), rt)?;   // serve; drains the events
+//! ```
 //!
 //! # Architecture invariants
 //! - This is the only crate that speaks HTTP business routes and owns their
@@ -27,7 +43,10 @@ mod auth;
 mod engine;
 mod error;
 mod json;
+mod metrics;
+mod openapi;
 mod routes;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,8 +54,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
-use tern_engine::EngineHandle;
+use tern_engine::{BeforeSend, EngineEvent, EngineHandle};
 use tokio::sync::watch;
+
+pub use webhooks::{BeforeSendConfig, WebhookConfig};
 
 /// Default request body limit (PROTOCOL.md: "JSON bodies of at most 1 MiB").
 pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
@@ -58,6 +79,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// returned (connections abandoned after [`SHUTDOWN_GRACE`]).
 const RUNTIME_STOP_MAX: Duration = Duration::from_secs(1);
 
+/// Pooled idle connections kept per webhook host: one batch is in flight at
+/// a time, before-send checks run in parallel; more idle ones only hold fds.
+const HTTP_CLIENT_IDLE_PER_HOST: usize = 32;
+
 /// What [`start`] needs.
 #[derive(Clone)]
 pub struct GatewayConfig {
@@ -67,6 +92,25 @@ pub struct GatewayConfig {
     pub api_key: String,
     /// Largest accepted request body; larger ones get 413 `too_large`.
     pub body_bytes_max: usize,
+    /// Where engine events are posted; `None`: nowhere.
+    pub webhook: Option<WebhookConfig>,
+    /// The engine's bounded event queue, drained by the gateway into the
+    /// webhook. Give it together with `webhook`: without one it is dropped
+    /// (and the engine should not produce events at all).
+    pub events: Option<crossbeam_channel::Receiver<EngineEvent>>,
+}
+
+impl GatewayConfig {
+    /// A config without webhooks.
+    pub fn new(addr: SocketAddr, api_key: impl Into<String>) -> Self {
+        Self {
+            addr,
+            api_key: api_key.into(),
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            webhook: None,
+            events: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -76,6 +120,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("addr", &self.addr)
             .field("api_key", &"..")
             .field("body_bytes_max", &self.body_bytes_max)
+            .field("webhook", &self.webhook)
+            .field("events", &self.events.is_some())
             .finish()
     }
 }
@@ -98,9 +144,68 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
-    /// The serving thread could not be spawned.
-    #[error("cannot spawn the HTTP thread: {0}")]
+    /// A thread of the gateway (serving, webhook drain) could not be spawned.
+    #[error("cannot spawn a gateway thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A webhook or before-send setting is out of bounds or unusable.
+    #[error("invalid hook configuration: {0}")]
+    Config(String),
+    /// The HTTP client for webhooks could not be built (TLS set-up).
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+/// The gateway's tokio runtime and HTTP client, made before the engine starts
+/// so the engine can be given [`Runtime::before_send_hook`]; then handed to
+/// [`start`], which serves on it.
+pub struct Runtime {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Runtime {
+    /// Build the runtime (its worker threads start now) and the client.
+    pub fn new() -> Result<Runtime, GatewayError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKER_THREADS)
+            .thread_name("tern-http")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(GatewayError::Runtime)?;
+        let client = {
+            let _guard = rt.enter();
+            reqwest::Client::builder()
+                // A signed body goes only where the operator pointed it.
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(HTTP_CLIENT_IDLE_PER_HOST)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(GatewayError::HttpClient)?
+        };
+        Ok(Runtime { rt, client })
+    }
+
+    /// The before-send hook for the engine: each check is a signed POST from
+    /// this runtime (see [`webhooks`]). Errors: `Config` for a bad URL,
+    /// empty secret or out-of-range timeout.
+    pub fn before_send_hook(
+        &self,
+        cfg: BeforeSendConfig,
+    ) -> Result<Arc<dyn BeforeSend>, GatewayError> {
+        cfg.validate()?;
+        Ok(Arc::new(webhooks::HttpBeforeSend::new(
+            cfg,
+            self.rt.handle().clone(),
+            self.client.clone(),
+        )))
+    }
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
 }
 
 /// A running gateway. Dropping it stops it like [`Gateway::shutdown`].
@@ -113,25 +218,30 @@ pub struct Gateway {
 }
 
 /// Bind the listener (synchronously, so the caller knows the port is taken
-/// before it reports ready), spawn the runtime and serve. Returns once the
-/// socket is listening: connections queue in the backlog until the serve loop
-/// accepts them.
-pub fn start(cfg: GatewayConfig, engine: EngineHandle) -> Result<Gateway, GatewayError> {
-    start_with(cfg, engine)
+/// before it reports ready), start the webhook dispatcher and serve on
+/// `runtime`. Returns once the socket is listening: connections queue in the
+/// backlog until the serve loop accepts them.
+pub fn start(
+    cfg: GatewayConfig,
+    engine: EngineHandle,
+    runtime: Runtime,
+) -> Result<Gateway, GatewayError> {
+    start_with(cfg, engine, runtime)
 }
 
 /// [`start`] over any [`engine::Engine`], so tests can serve a fake one.
-fn start_with<E: engine::Engine>(cfg: GatewayConfig, engine: E) -> Result<Gateway, GatewayError> {
+fn start_with<E: engine::Engine>(
+    cfg: GatewayConfig,
+    engine: E,
+    runtime: Runtime,
+) -> Result<Gateway, GatewayError> {
     if cfg.api_key.is_empty() {
         return Err(GatewayError::EmptyApiKey);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKER_THREADS)
-        .thread_name("tern-http")
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(GatewayError::Runtime)?;
+    if let Some(w) = &cfg.webhook {
+        w.validate()?;
+    }
+    let Runtime { rt, client } = runtime;
     let bind_err = |source| GatewayError::Bind {
         addr: cfg.addr,
         source,
@@ -143,15 +253,34 @@ fn start_with<E: engine::Engine>(cfg: GatewayConfig, engine: E) -> Result<Gatewa
     };
     let local_addr = listener.local_addr().map_err(bind_err)?;
 
+    let counters = Arc::new(metrics::GatewayCounters::default());
+    let dispatcher = match (cfg.webhook, cfg.events) {
+        (Some(webhook), Some(events)) => Some(webhooks::Dispatcher::spawn(
+            webhook,
+            events,
+            rt.handle(),
+            client,
+            counters.webhook.clone(),
+        )?),
+        (Some(_), None) => {
+            tracing::warn!("a webhook is configured but the engine gives no events");
+            None
+        }
+        (None, Some(_)) => {
+            tracing::debug!("no webhook configured: engine events are not drained");
+            None
+        }
+        (None, None) => None,
+    };
     let app = routes::router(
-        Arc::new(routes::AppState { engine }),
+        Arc::new(routes::AppState { engine, counters }),
         Arc::new(auth::ApiKey::new(&cfg.api_key)),
         cfg.body_bytes_max,
     );
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("tern-http-serve".into())
-        .spawn(move || serve(rt, listener, app, stop_rx))
+        .spawn(move || serve(rt, listener, app, stop_rx, dispatcher))
         .map_err(GatewayError::Thread)?;
     tracing::info!(%local_addr, "HTTP gateway listening");
     Ok(Gateway {
@@ -168,8 +297,8 @@ impl Gateway {
     }
 
     /// Graceful stop: close the listener, let in-flight requests finish (at
-    /// most [`SHUTDOWN_GRACE`]), close idle keep-alive connections, join the
-    /// thread. Blocks; do not call it from a task of the gateway's runtime.
+    /// most [`SHUTDOWN_GRACE`]), close idle keep-alive connections, deliver
+    /// the queued webhook events (for a short grace), join the thread. Blocks; do not call it from a task of the gateway's runtime.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -210,6 +339,7 @@ fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     stop: watch::Receiver<bool>,
+    dispatcher: Option<webhooks::Dispatcher>,
 ) {
     rt.block_on(async move {
         let mut graceful = stop.clone();
@@ -243,6 +373,9 @@ fn serve(
             }
         }
     });
+    if let Some(d) = dispatcher {
+        d.stop(&rt);
+    }
     rt.shutdown_timeout(RUNTIME_STOP_MAX);
     tracing::info!("HTTP gateway stopped");
 }

@@ -6,20 +6,23 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::routes::testing::FakeEngine;
-use crate::{start_with, Gateway, GatewayConfig, GatewayError, BODY_BYTES_MAX_DEFAULT};
+use crate::{start_with, Gateway, GatewayConfig, GatewayError, Runtime, BODY_BYTES_MAX_DEFAULT};
 
 const KEY: &str = "sock-key";
 
 fn cfg(addr: SocketAddr) -> GatewayConfig {
-    GatewayConfig {
-        addr,
-        api_key: KEY.into(),
-        body_bytes_max: BODY_BYTES_MAX_DEFAULT,
-    }
+    let cfg = GatewayConfig::new(addr, KEY);
+    assert_eq!(cfg.body_bytes_max, BODY_BYTES_MAX_DEFAULT);
+    cfg
 }
 
 fn start_fake(fake: &FakeEngine) -> Gateway {
-    start_with(cfg("127.0.0.1:0".parse().unwrap()), fake.clone()).unwrap()
+    start_with(
+        cfg("127.0.0.1:0".parse().unwrap()),
+        fake.clone(),
+        Runtime::new().unwrap(),
+    )
+    .unwrap()
 }
 
 /// Read from `s` until `n` complete responses with `Content-Length` bodies
@@ -62,13 +65,13 @@ fn refuses_empty_key_and_taken_port() {
     let mut c = cfg("127.0.0.1:0".parse().unwrap());
     c.api_key.clear();
     assert!(matches!(
-        start_with(c, fake.clone()),
+        start_with(c, fake.clone(), Runtime::new().unwrap()),
         Err(GatewayError::EmptyApiKey)
     ));
 
     let gw = start_fake(&fake);
     assert_ne!(gw.local_addr().port(), 0);
-    match start_with(cfg(gw.local_addr()), fake.clone()) {
+    match start_with(cfg(gw.local_addr()), fake.clone(), Runtime::new().unwrap()) {
         Err(GatewayError::Bind { addr, .. }) => assert_eq!(addr, gw.local_addr()),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a second gateway bound a taken port"),
@@ -231,4 +234,101 @@ fn drop_stops_the_gateway() {
     drop(gw);
     assert!(began.elapsed() < Duration::from_secs(5));
     assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn metrics_and_openapi_over_the_wire_need_no_key() {
+    let fake = FakeEngine::default();
+    let gw = start_fake(&fake);
+    let mut s = TcpStream::connect(gw.local_addr()).unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let text = read_responses(&mut s, 2);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    assert!(text.contains("# TYPE tern_http_requests_total counter"));
+    assert!(text.contains(r#""openapi":"3."#));
+    drop(s);
+    gw.shutdown();
+}
+
+#[test]
+fn bad_webhook_config_refuses_to_start() {
+    let fake = FakeEngine::default();
+    let mut c = cfg("127.0.0.1:0".parse().unwrap());
+    c.webhook = Some(crate::WebhookConfig::new("http://127.0.0.1:1/hook", ""));
+    match start_with(c, fake, Runtime::new().unwrap()) {
+        Err(GatewayError::Config(msg)) => assert!(msg.contains("secret"), "{msg}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("started with an empty webhook secret"),
+    }
+}
+
+/// The whole path: engine event queue → gateway → webhook receiver, and the
+/// webhook counters on `/metrics`.
+#[test]
+fn gateway_posts_engine_events_to_the_webhook() {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let receiver_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hook_addr = {
+        let got = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let got = got.clone();
+                async move {
+                    got.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    "ok"
+                }
+            }),
+        );
+        let listener = receiver_rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        receiver_rt.spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let mut c = cfg("127.0.0.1:0".parse().unwrap());
+    let mut hook = crate::WebhookConfig::new(format!("http://{hook_addr}/hook"), "k");
+    hook.flush_ms = 20;
+    c.webhook = Some(hook);
+    c.events = Some(rx);
+    let fake = FakeEngine::default();
+    let gw = start_with(c, fake, Runtime::new().unwrap()).unwrap();
+    tx.send(tern_engine::EngineEvent::UserOffline {
+        user: tern_proto::UserId::parse("alice").unwrap(),
+        device: tern_proto::DeviceId::parse("phone").unwrap(),
+        ts: 42,
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook call");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        got.lock().unwrap()[0],
+        serde_json::json!({"events":[{"type":"user.offline","user":"alice","device":"phone","ts":42}]})
+    );
+    let mut s = TcpStream::connect(gw.local_addr()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let text = read_responses(&mut s, 1);
+    assert!(
+        text.contains("\ntern_webhook_delivered_total 1\n"),
+        "{text}"
+    );
+    drop(s);
+    gw.shutdown();
 }

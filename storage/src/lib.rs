@@ -3,11 +3,12 @@
 //! This is the only crate that names RocksDB; no RocksDB type appears in its
 //! public API. It knows nothing about sockets, shards or frames: it stores
 //! timeline entries (`tern_proto::Entry`, as opaque storage bytes plus the
-//! seq and ts it needs for keys), users, read positions and dedup records.
+//! seq and ts it needs for keys), users, groups and their members, read
+//! positions and dedup records.
 //!
 //! # Layout
 //! - `lib.rs`: [`Storage`]: open (never silently over existing files),
-//!   recovery reads, blocking reads, user rows.
+//!   recovery reads, blocking reads, user rows, group reads, stats.
 //! - `writer.rs`: [`WriterHandle`] and the `tern-writer` thread: bounded
 //!   queue → one `WriteBatch` per drain → one WAL sync → [`CommitSink`].
 //! - `keys.rs`: key and value layouts of every column family.
@@ -15,10 +16,14 @@
 //! - `error.rs`: [`StorageError`].
 //!
 //! # Invariants
-//! - Only the writer thread writes `msgs`, `convs`, `dedup`, `user_convs`
-//!   and `read`. It holds the committed max seq of every conversation and
+//! - Only the writer thread writes `msgs`, `convs`, `dedup`, `user_convs`,
+//!   `read`, `groups`, `members` and `user_groups`. It holds the committed max seq of every conversation and
 //!   writes an entry only if its seq is exactly that + 1, so the stored
 //!   timeline of a conversation never has a gap and never reuses a seq.
+//!   A group change and its event are one request, so membership and the
+//!   timeline that records it are committed together or not at all.
+//! - `members` (group, user) and `user_groups` (user, group) hold the same
+//!   pairs: every writer request changes both keys of a pair.
 //! - A request is reported committed only after its batch's write returned
 //!   (with [`Durability::Fsync`]: after the WAL was synced).
 //! - `convs` is never filtered or deleted from, so after retention drops old
@@ -37,13 +42,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rocksdb::{ColumnFamily, ReadOptions, WriteBatch, WriteOptions, DB};
-use tern_proto::{ConvId, Entry, UserId};
+use tern_proto::{ConvId, Entry, GroupId, UserId};
 
 pub use error::StorageError;
 pub use writer::{CommitSink, WriteOp, WriteRequest, WriterHandle, BATCH_MAX, WRITE_QUEUE_MAX};
 
 use tuning::{
-    CF_CONVS, CF_DEDUP, CF_META, CF_MSGS, CF_READ, CF_TOKENS_REVOKED, CF_USERS, CF_USER_CONVS,
+    CF_CONVS, CF_DEDUP, CF_GROUPS, CF_MEMBERS, CF_META, CF_MSGS, CF_READ, CF_TOKENS_REVOKED,
+    CF_USERS, CF_USER_CONVS, CF_USER_GROUPS,
 };
 
 /// Schema version written at creation and checked at every open. Bump it
@@ -57,6 +63,23 @@ pub const READ_LIMIT_MAX: usize = 10_000;
 /// Capacity reserved up front for a read's result, so a large `limit` on a
 /// short conversation does not allocate for nothing.
 const READ_PREALLOC_MAX: usize = 256;
+/// Most members [`Storage::group_members`] returns, and most ids in one
+/// `GroupChange`'s `add` or `remove`: bounds the memory of loading one
+/// group (~100 MB of ids at worst). Far above any group the engine allows.
+pub const MEMBERS_MAX: usize = 1_000_000;
+/// Most members one [`Storage::members_page`] returns, whatever the caller
+/// asks for: bounds the memory of one page. Callers see `more` and continue.
+pub const MEMBERS_PAGE_MAX: usize = 10_000;
+
+/// Upper bounds (`le`) of the batch-size histogram, in requests. The last
+/// one is [`BATCH_MAX`], so every batch falls in a bucket.
+pub const BATCH_SIZE_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+/// Upper bounds (`le`) of the commit-latency histogram, in µs; slower
+/// commits count only in the implicit `+Inf` bucket (`batch_count`).
+pub const COMMIT_LATENCY_US_BUCKETS: [u64; 13] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+const _: () = assert!(BATCH_MAX as u64 == BATCH_SIZE_BUCKETS[BATCH_SIZE_BUCKETS.len() - 1]);
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,18 +141,78 @@ struct UserValue {
     created_ts: u64,
 }
 
+/// A row of the `groups` column family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    /// The group.
+    pub group: GroupId,
+    /// Display name.
+    pub name: Option<String>,
+    /// Number of members, as maintained by the engine (stored as given).
+    pub members_count: u64,
+    /// ms since the epoch when the group was created.
+    pub created_ts: u64,
+}
+
+/// The stored form of a [`GroupRow`] (the id is the key).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct GroupValue {
+    name: Option<String>,
+    members_count: u64,
+    created_ts: u64,
+}
+
+/// The `groups` value of a row.
+pub(crate) fn encode_group(row: &GroupRow) -> Result<Vec<u8>, StorageError> {
+    let value = GroupValue {
+        name: row.name.clone(),
+        members_count: row.members_count,
+        created_ts: row.created_ts,
+    };
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value)
+        .map_err(|e| StorageError::Invalid(format!("encode group {}: {e}", row.group)))?;
+    Ok(bytes.to_vec())
+}
+
+/// The row stored as `bytes` under `group`.
+fn decode_group(group: &GroupId, bytes: &[u8]) -> Result<GroupRow, StorageError> {
+    let value = rkyv::from_bytes::<GroupValue, rkyv::rancor::Error>(bytes)
+        .map_err(|e| StorageError::Corrupt(format!("group {group}: {e}")))?;
+    Ok(GroupRow {
+        group: group.clone(),
+        name: value.name,
+        members_count: value.members_count,
+        created_ts: value.created_ts,
+    })
+}
+
 /// A snapshot of the storage counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Histograms are Prometheus-style: `(le, cumulative count)` per bound, with
+/// `batch_count` as the `+Inf` bucket and `_count`. A snapshot taken while a
+/// batch is being counted may miss that batch in some fields; the
+/// histograms are clamped to `batch_count`, so they stay monotonic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StorageStats {
     /// Batches the writer committed (or tried to).
     pub batches: u64,
+    /// Same as `batches`: the `_count` (and `+Inf` bucket) of both
+    /// histograms.
+    pub batch_count: u64,
+    /// Requests per batch: `(le, batches with at most le requests)` for
+    /// each bound of [`BATCH_SIZE_BUCKETS`].
+    pub batch_size_buckets: Vec<(u64, u64)>,
+    /// Time of each batch's commit step (its RocksDB write, WAL sync
+    /// included), µs: `(le, batches that took at most le µs)` for each
+    /// bound of [`COMMIT_LATENCY_US_BUCKETS`].
+    pub commit_latency_us_buckets: Vec<(u64, u64)>,
     /// Timeline entries written.
     pub entries_written: u64,
     /// Sum and max of requests per batch.
     pub batch_size_sum: u64,
     /// Largest batch so far.
     pub batch_size_max: u64,
-    /// Sum of the time spent in RocksDB writes, µs.
+    /// Sum of the time spent in commit steps (RocksDB writes), µs.
     pub commit_latency_us_sum: u64,
     /// Longest RocksDB write, µs.
     pub commit_latency_us_max: u64,
@@ -139,11 +222,50 @@ pub struct StorageStats {
     pub queue_depth: u64,
 }
 
+/// Per-bucket (not cumulative) counts of a histogram with fixed bounds.
+/// Only the writer thread observes; `stats()` accumulates.
+struct Histogram {
+    bounds: &'static [u64],
+    /// `counts[i]`: values in `(bounds[i - 1], bounds[i]]`. Values above the
+    /// last bound are counted nowhere here (only in the total).
+    counts: Box<[AtomicU64]>,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn observe(&self, v: u64) {
+        if let Some(idx) = self.bounds.iter().position(|&le| v <= le) {
+            self.counts[idx].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(le, cumulative count)` per bound, each at most `total`.
+    fn cumulative(&self, total: u64) -> Vec<(u64, u64)> {
+        let mut running = 0u64;
+        self.bounds
+            .iter()
+            .zip(self.counts.iter())
+            .map(|(&le, n)| {
+                running = running.saturating_add(n.load(Ordering::Relaxed));
+                (le, running.min(total))
+            })
+            .collect()
+    }
+}
+
 /// The counters behind [`StorageStats`]; only the writer thread adds to
 /// them, anyone reads.
-#[derive(Default)]
 struct StatsCounters {
+    /// Added to last for each batch (Release), read first (Acquire).
     batches: AtomicU64,
+    batch_size_buckets: Histogram,
+    commit_latency_us_buckets: Histogram,
     entries_written: AtomicU64,
     batch_size_sum: AtomicU64,
     batch_size_max: AtomicU64,
@@ -152,6 +274,23 @@ struct StatsCounters {
     errors: AtomicU64,
     /// Shared with the writer: its queue-state word (see `writer.rs`).
     queue_state: Arc<AtomicU64>,
+}
+
+impl Default for StatsCounters {
+    fn default() -> StatsCounters {
+        StatsCounters {
+            batches: AtomicU64::new(0),
+            batch_size_buckets: Histogram::new(&BATCH_SIZE_BUCKETS),
+            commit_latency_us_buckets: Histogram::new(&COMMIT_LATENCY_US_BUCKETS),
+            entries_written: AtomicU64::new(0),
+            batch_size_sum: AtomicU64::new(0),
+            batch_size_max: AtomicU64::new(0),
+            commit_latency_us_sum: AtomicU64::new(0),
+            commit_latency_us_max: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            queue_state: Arc::new(AtomicU64::new(0)),
+        }
+    }
 }
 
 struct Inner {
@@ -556,6 +695,124 @@ impl Storage {
         }
     }
 
+    // ---- groups ----
+
+    /// The group's row, if it exists.
+    pub fn get_group(&self, group: &GroupId) -> Result<Option<GroupRow>, StorageError> {
+        let Some(v) = self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_GROUPS)?, group.as_str())
+            .map_err(|e| ctx("read group", e))?
+        else {
+            return Ok(None);
+        };
+        decode_group(group, &v).map(Some)
+    }
+
+    /// Every member of the group, in user-id byte order; at most
+    /// [`MEMBERS_MAX`] (the rest is left out, with a warning in the log).
+    pub fn group_members(&self, group: &GroupId) -> Result<Vec<UserId>, StorageError> {
+        let (members, more) = self.scan_members(group, None, MEMBERS_MAX, READ_PREALLOC_MAX)?;
+        if more {
+            tracing::warn!(%group, "group has more than {MEMBERS_MAX} members; listing cut short");
+        }
+        Ok(members)
+    }
+
+    /// The members after `after` (exclusive; from the first when `None`), in
+    /// user-id byte order, at most `limit` (and at most
+    /// [`MEMBERS_PAGE_MAX`]); `more` when more members follow.
+    pub fn members_page(
+        &self,
+        group: &GroupId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<(Vec<UserId>, bool), StorageError> {
+        let limit = limit.min(MEMBERS_PAGE_MAX);
+        self.scan_members(group, after, limit, limit.min(READ_PREALLOC_MAX))
+    }
+
+    /// Up to `limit` members after `after`, and whether more follow.
+    fn scan_members(
+        &self,
+        group: &GroupId,
+        after: Option<&UserId>,
+        limit: usize,
+        prealloc: usize,
+    ) -> Result<(Vec<UserId>, bool), StorageError> {
+        let g = group.as_str().as_bytes();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(g));
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_MEMBERS)?, ro);
+        match after {
+            // `g 0x00 u 0x00` is the first key after `g 0x00 u`: ids have no
+            // 0x00, so nothing sorts between them.
+            Some(u) => it.seek(keys::pair_key(
+                &keys::pair_key(g, u.as_str().as_bytes()),
+                &[],
+            )),
+            None => it.seek(keys::prefix_start(g)),
+        }
+        let mut out = Vec::with_capacity(prealloc);
+        while let Some(k) = it.key() {
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let (_, user) = keys::split_pair(k)
+                .ok_or_else(|| StorageError::Corrupt("members key without separator".into()))?;
+            out.push(parse_user(user)?);
+            it.next();
+        }
+        it.status().map_err(|e| ctx("scan members", e))?;
+        Ok((out, false))
+    }
+
+    /// Whether `user` is a member of `group`.
+    pub fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, StorageError> {
+        let key = keys::pair_key(group.as_str().as_bytes(), user.as_str().as_bytes());
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(self.cf(CF_MEMBERS)?, key)
+            .map_err(|e| ctx("read members", e))?
+            .is_some())
+    }
+
+    /// One state per group `user` is a member of (conv `group:<id>`, its
+    /// max seq, the user's read seq), in group-id byte order.
+    pub fn user_groups(&self, user: &UserId) -> Result<Vec<ConvState>, StorageError> {
+        let user_key = user.as_str().as_bytes();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(user_key));
+        let mut it = self
+            .inner
+            .db
+            .raw_iterator_cf_opt(self.cf(CF_USER_GROUPS)?, ro);
+        it.seek(keys::prefix_start(user_key));
+        let mut conv_keys: Vec<String> = Vec::new();
+        while let Some(k) = it.key() {
+            let (_, group) = keys::split_pair(k)
+                .ok_or_else(|| StorageError::Corrupt("user_groups key without separator".into()))?;
+            conv_keys.push(ConvId::Group(parse_group(group)?).to_string());
+            it.next();
+        }
+        it.status().map_err(|e| ctx("scan user_groups", e))?;
+        conv_keys
+            .iter()
+            .map(|conv| self.state_of(user_key, conv.as_bytes()))
+            .collect()
+    }
+
+    /// Every conversation of `user`: [`Storage::user_dm_convs`] and
+    /// [`Storage::user_groups`], sorted by conversation id text.
+    pub fn user_convs_all(&self, user: &UserId) -> Result<Vec<ConvState>, StorageError> {
+        let mut all = self.user_dm_convs(user)?;
+        all.extend(self.user_groups(user)?);
+        all.sort_by_cached_key(|c| c.conv.to_string());
+        Ok(all)
+    }
+
     // ---- users ----
 
     /// The user's row, if it exists.
@@ -680,12 +937,17 @@ impl Storage {
         write_options(self.inner.durability)
     }
 
-    /// A snapshot of the counters (a few atomic loads).
+    /// A snapshot of the counters (a few dozen atomic loads).
     pub fn stats(&self) -> StorageStats {
         let s = &self.inner.stats;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        // First, so the histograms loaded after it hold every batch it counts.
+        let batches = s.batches.load(Ordering::Acquire);
         StorageStats {
-            batches: ld(&s.batches),
+            batches,
+            batch_count: batches,
+            batch_size_buckets: s.batch_size_buckets.cumulative(batches),
+            commit_latency_us_buckets: s.commit_latency_us_buckets.cumulative(batches),
             entries_written: ld(&s.entries_written),
             batch_size_sum: ld(&s.batch_size_sum),
             batch_size_max: ld(&s.batch_size_max),
@@ -729,8 +991,59 @@ fn parse_conv(key: &[u8]) -> Result<ConvId, StorageError> {
     ConvId::parse(s).map_err(|e| StorageError::Corrupt(format!("conv key {s:?}: {e}")))
 }
 
+fn parse_group(key: &[u8]) -> Result<GroupId, StorageError> {
+    let s = std::str::from_utf8(key)
+        .map_err(|_| StorageError::Corrupt("group key is not UTF-8".into()))?;
+    GroupId::parse(s).map_err(|e| StorageError::Corrupt(format!("group key {s:?}: {e}")))
+}
+
 fn parse_user(key: &[u8]) -> Result<UserId, StorageError> {
     let s = std::str::from_utf8(key)
         .map_err(|_| StorageError::Corrupt("user key is not UTF-8".into()))?;
     UserId::parse(s).map_err(|e| StorageError::Corrupt(format!("user key {s:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn histogram_buckets_are_inclusive_and_cumulative() {
+        let h = Histogram::new(&[1, 4, 10]);
+        for v in [0, 1, 2, 4, 5, 10, 11, u64::MAX] {
+            h.observe(v);
+        }
+        // le=1: 0, 1; le=4: + 2, 4; le=10: + 5, 10; 11 and MAX only in +Inf.
+        assert_eq!(h.cumulative(8), vec![(1, 2), (4, 4), (10, 6)]);
+        // A total that lags behind a concurrent observe clamps the buckets.
+        assert_eq!(h.cumulative(3), vec![(1, 2), (4, 3), (10, 3)]);
+    }
+
+    proptest! {
+        #[test]
+        fn group_rows_round_trip(
+            name in proptest::option::of(".{0,40}"),
+            members_count: u64,
+            created_ts: u64,
+        ) {
+            let row = GroupRow {
+                group: GroupId::parse("g-1.x@y").unwrap(),
+                name,
+                members_count,
+                created_ts,
+            };
+            let bytes = encode_group(&row).unwrap();
+            prop_assert_eq!(decode_group(&row.group, &bytes).unwrap(), row);
+        }
+    }
+
+    #[test]
+    fn a_garbled_group_row_is_corrupt_not_a_panic() {
+        let g = GroupId::parse("g").unwrap();
+        assert!(matches!(
+            decode_group(&g, &[0xFF; 3]),
+            Err(StorageError::Corrupt(_))
+        ));
+    }
 }

@@ -16,11 +16,11 @@ pub(crate) const CF_MSGS: &str = "msgs";
 pub(crate) const CF_CONVS: &str = "convs";
 /// `user` → rkyv `UserValue`.
 pub(crate) const CF_USERS: &str = "users";
-/// `group` → group row (reserved; not used yet).
+/// `group` → rkyv `GroupValue`.
 pub(crate) const CF_GROUPS: &str = "groups";
-/// `group 0x00 user` → () (reserved; not used yet).
+/// `group 0x00 user` → (): the members of a group.
 pub(crate) const CF_MEMBERS: &str = "members";
-/// `user 0x00 group` → () (reserved; not used yet).
+/// `user 0x00 group` → (): the groups of a user (same pairs as `members`).
 pub(crate) const CF_USER_GROUPS: &str = "user_groups";
 /// `user 0x00 conv` → (): the dm conversations of a user.
 pub(crate) const CF_USER_CONVS: &str = "user_convs";
@@ -49,10 +49,13 @@ pub(crate) const ALL_CFS: [&str; 11] = [
 ];
 
 /// Column families read by point lookups: they get a bloom filter.
-const POINT_READ_CFS: [&str; 7] = [
+/// (`members` is also scanned by prefix; a whole-key filter does not slow
+/// scans, which never consult it.)
+const POINT_READ_CFS: [&str; 8] = [
     CF_CONVS,
     CF_USERS,
     CF_GROUPS,
+    CF_MEMBERS,
     CF_READ,
     CF_DEDUP,
     CF_TOKENS_REVOKED,

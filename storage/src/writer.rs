@@ -18,11 +18,13 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use rocksdb::{WriteBatch, WriteOptions};
+use rocksdb::{ColumnFamily, WriteBatch, WriteOptions};
 use tern_proto::{ConvId, Entry, UserId};
 
-use crate::tuning::{CF_CONVS, CF_DEDUP, CF_MSGS, CF_READ, CF_USER_CONVS};
-use crate::{ctx, keys, Durability, Storage, StorageError};
+use crate::tuning::{
+    CF_CONVS, CF_DEDUP, CF_GROUPS, CF_MEMBERS, CF_MSGS, CF_READ, CF_USER_CONVS, CF_USER_GROUPS,
+};
+use crate::{ctx, keys, Durability, GroupRow, Storage, StorageError, MEMBERS_MAX};
 
 /// Most requests queued for the writer. Beyond it `submit` fails with
 /// `QueueFull` (the shard answers `unavailable`) instead of letting memory
@@ -94,6 +96,42 @@ pub enum WriteOp {
         conv: ConvId,
         /// The last seq read.
         seq: u64,
+    },
+    /// A group change, atomically with its timeline event (if any).
+    ///
+    /// The event must be an `Entry::Event` of `conv` and follows exactly
+    /// the seq rule of [`WriteOp::Append`] (committed max seq + 1, counting
+    /// earlier appends and changes of the same batch; `SeqGap` otherwise)
+    /// and bumps the conversation's max seq like an append. In the same
+    /// `WriteBatch`, in this order: upsert `row` (if `Some`); add the
+    /// members `add` (`members` and `user_groups` keys); delete the members
+    /// `remove` (both keys); if `delete_group`, delete the group row and
+    /// every `members` key of the group. Later steps win, so a user in both
+    /// `add` and `remove` ends up removed, and `delete_group` beats `row`.
+    ///
+    /// `user_groups` keys can only be found through the users, so with
+    /// `delete_group` the caller passes the full member list in `remove`.
+    /// The conversation's max seq, read positions and stored entries stay
+    /// (entries until retention drops them): a group created again under
+    /// the same id continues its timeline and never reuses a seq.
+    ///
+    /// Rejected as a whole, staging nothing, with `Invalid` if `conv` is
+    /// not a group, `row` is of another group, the event is not an event of
+    /// `conv` or has seq 0, or `add`/`remove` hold more than
+    /// [`MEMBERS_MAX`] ids; with `SeqGap` as above.
+    GroupChange {
+        /// The group conversation (`group:<id>`).
+        conv: ConvId,
+        /// The timeline event recording the change, with seq and ts assigned.
+        event: Option<Entry>,
+        /// The group row to store (an upsert: the whole row is replaced).
+        row: Option<GroupRow>,
+        /// Users to add as members.
+        add: Vec<UserId>,
+        /// Users to remove (with `delete_group`: every member).
+        remove: Vec<UserId>,
+        /// Delete the group row and all its members.
+        delete_group: bool,
     },
 }
 
@@ -261,6 +299,34 @@ struct PendingHead {
     n_appends: u64,
 }
 
+/// Stages the `msgs` row of an entry that passed [`Writer::check_entry`]
+/// and advances the batch's head of its conversation. Cannot fail, so a
+/// caller that checked everything first stages all or nothing.
+fn stage_entry(batch: &mut Batch, msgs: &ColumnFamily, next: NextEntry, entry: &Entry) {
+    let seq = entry.seq();
+    debug_assert_eq!(seq, next.committed + 1, "entry not checked");
+    batch.wb.put_cf(
+        msgs,
+        keys::msg_key(&next.conv_key, seq),
+        keys::msg_value(entry.ts(), &entry.to_storage_bytes()),
+    );
+    let head = batch.heads.entry(next.conv_key).or_insert(PendingHead {
+        seq: next.committed,
+        n_appends: 0,
+    });
+    head.seq = seq;
+    head.n_appends += 1;
+    batch.n_appends += 1;
+}
+
+/// An entry that passed [`Writer::check_entry`]: where it goes.
+struct NextEntry {
+    /// The conversation key.
+    conv_key: Vec<u8>,
+    /// The conversation's head before the entry (counting this batch).
+    committed: u64,
+}
+
 /// The batch being built: staged writes plus what to report.
 struct Batch {
     wb: WriteBatch,
@@ -340,11 +406,29 @@ impl Writer {
                 WriteOp::SetRead { user, conv, seq } => {
                     self.stage_read(&mut batch, &user, &conv, seq)
                 }
+                WriteOp::GroupChange {
+                    conv,
+                    event,
+                    row,
+                    add,
+                    remove,
+                    delete_group,
+                } => self.stage_group_change(
+                    &mut batch,
+                    &conv,
+                    event.as_ref(),
+                    row.as_ref(),
+                    &add,
+                    &remove,
+                    delete_group,
+                ),
             };
             batch.results.push((req.reply_to, req.token, result));
         }
+        let started = Instant::now();
         let outcome = self.write(&mut batch);
-        self.record_stats(&batch, n_reqs, outcome.as_ref().err());
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.record_stats(&batch, n_reqs, latency_us, outcome.as_ref().err());
         match outcome {
             Ok(_) => {
                 for (conv, head) in batch.heads.drain() {
@@ -377,6 +461,119 @@ impl Writer {
         dedup: Option<(String, String)>,
         index_users: &[UserId],
     ) -> Result<(), StorageError> {
+        let next = self.check_entry(batch, conv, entry)?;
+        let dedup_key = match &dedup {
+            Some((sender, cmid)) => Some(
+                keys::dedup_key(&next.conv_key, sender.as_bytes(), cmid.as_bytes()).ok_or_else(
+                    || StorageError::Invalid(format!("sender {sender:?} contains 0x00")),
+                )?,
+            ),
+            None => None,
+        };
+        let s = &self.storage;
+        let (msgs, dedup_cf, user_convs) = (s.cf(CF_MSGS)?, s.cf(CF_DEDUP)?, s.cf(CF_USER_CONVS)?);
+        if let Some(k) = dedup_key {
+            batch
+                .wb
+                .put_cf(dedup_cf, k, keys::dedup_value(entry.seq(), entry.ts()));
+        }
+        for user in index_users {
+            batch.wb.put_cf(
+                user_convs,
+                keys::pair_key(user.as_str().as_bytes(), &next.conv_key),
+                [],
+            );
+        }
+        stage_entry(batch, msgs, next, entry);
+        Ok(())
+    }
+
+    /// Validates a group change and stages its writes; stages nothing on
+    /// error (every check runs before the first write is staged).
+    #[allow(clippy::too_many_arguments)] // the fields of one `WriteOp`
+    fn stage_group_change(
+        &self,
+        batch: &mut Batch,
+        conv: &ConvId,
+        event: Option<&Entry>,
+        row: Option<&GroupRow>,
+        add: &[UserId],
+        remove: &[UserId],
+        delete_group: bool,
+    ) -> Result<(), StorageError> {
+        let ConvId::Group(group) = conv else {
+            return Err(StorageError::Invalid(format!("group change of {conv}")));
+        };
+        if add.len() > MEMBERS_MAX || remove.len() > MEMBERS_MAX {
+            return Err(StorageError::Invalid(format!(
+                "group change of {conv} with {} + {} users (max {MEMBERS_MAX} each)",
+                add.len(),
+                remove.len()
+            )));
+        }
+        let row_value = match row {
+            Some(r) if &r.group != group => {
+                return Err(StorageError::Invalid(format!(
+                    "row of group {} in a change of {conv}",
+                    r.group
+                )))
+            }
+            Some(r) => Some(crate::encode_group(r)?),
+            None => None,
+        };
+        let next = match event {
+            Some(e @ Entry::Event(_)) => Some(self.check_entry(batch, conv, e)?),
+            Some(Entry::Msg(_)) => {
+                return Err(StorageError::Invalid(format!(
+                    "group change of {conv} with a msg instead of an event"
+                )))
+            }
+            None => None,
+        };
+        let s = &self.storage;
+        let (msgs, groups, members, user_groups) = (
+            s.cf(CF_MSGS)?,
+            s.cf(CF_GROUPS)?,
+            s.cf(CF_MEMBERS)?,
+            s.cf(CF_USER_GROUPS)?,
+        );
+        if let (Some(next), Some(e)) = (next, event) {
+            stage_entry(batch, msgs, next, e);
+        }
+        let g = group.as_str().as_bytes();
+        if let Some(v) = row_value {
+            batch.wb.put_cf(groups, g, v);
+        }
+        for u in add {
+            let u = u.as_str().as_bytes();
+            batch.wb.put_cf(members, keys::pair_key(g, u), []);
+            batch.wb.put_cf(user_groups, keys::pair_key(u, g), []);
+        }
+        for u in remove {
+            let u = u.as_str().as_bytes();
+            batch.wb.delete_cf(members, keys::pair_key(g, u));
+            batch.wb.delete_cf(user_groups, keys::pair_key(u, g));
+        }
+        if delete_group {
+            batch.wb.delete_cf(groups, g);
+            // Covers members missing from `remove` too; one range tombstone
+            // per dismissed group is cheap. Later requests of the batch that
+            // add members again are applied after it and win.
+            batch
+                .wb
+                .delete_range_cf(members, keys::prefix_start(g), keys::prefix_end(g));
+        }
+        Ok(())
+    }
+
+    /// Checks that `entry` may be appended to `conv` now: seq not 0, its
+    /// conv is `conv`, its seq is the head (counting this batch) + 1.
+    fn check_entry(
+        &self,
+        batch: &Batch,
+        conv: &ConvId,
+        entry: &Entry,
+    ) -> Result<NextEntry, StorageError> {
         let seq = entry.seq();
         if seq == 0 {
             return Err(StorageError::Invalid(format!("{conv}: entry seq 0")));
@@ -402,40 +599,10 @@ impl Writer {
                 got: seq,
             });
         }
-        let ts = entry.ts();
-        let dedup_key = match &dedup {
-            Some((sender, cmid)) => Some(
-                keys::dedup_key(&conv_key, sender.as_bytes(), cmid.as_bytes()).ok_or_else(
-                    || StorageError::Invalid(format!("sender {sender:?} contains 0x00")),
-                )?,
-            ),
-            None => None,
-        };
-        let s = &self.storage;
-        let (msgs, dedup_cf, user_convs) = (s.cf(CF_MSGS)?, s.cf(CF_DEDUP)?, s.cf(CF_USER_CONVS)?);
-        batch.wb.put_cf(
-            msgs,
-            keys::msg_key(&conv_key, seq),
-            keys::msg_value(ts, &entry.to_storage_bytes()),
-        );
-        if let Some(k) = dedup_key {
-            batch.wb.put_cf(dedup_cf, k, keys::dedup_value(seq, ts));
-        }
-        for user in index_users {
-            batch.wb.put_cf(
-                user_convs,
-                keys::pair_key(user.as_str().as_bytes(), &conv_key),
-                [],
-            );
-        }
-        let head = batch.heads.entry(conv_key).or_insert(PendingHead {
-            seq: committed,
-            n_appends: 0,
-        });
-        head.seq = seq;
-        head.n_appends += 1;
-        batch.n_appends += 1;
-        Ok(())
+        Ok(NextEntry {
+            conv_key,
+            committed,
+        })
     }
 
     /// Stages read := max(old, min(seq, head)). The final value of each key
@@ -466,9 +633,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Puts the batch's heads and reads, then writes it. `Ok(None)` when
-    /// there was nothing to write, `Ok(Some(µs))` with the write latency.
-    fn write(&self, batch: &mut Batch) -> Result<Option<u64>, StorageError> {
+    /// Puts the batch's heads and reads, then writes it (nothing to do when
+    /// every request was rejected).
+    fn write(&self, batch: &mut Batch) -> Result<(), StorageError> {
         let s = &self.storage;
         for (conv, head) in &batch.heads {
             batch
@@ -479,24 +646,37 @@ impl Writer {
             batch.wb.put_cf(s.cf(CF_READ)?, key, seq.to_be_bytes());
         }
         if batch.wb.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
         let wb = std::mem::take(&mut batch.wb);
-        let started = Instant::now();
         s.inner
             .db
             .write_opt(wb, &self.wo)
-            .map_err(|e| ctx("commit batch", e))?;
-        Ok(Some(
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        ))
+            .map_err(|e| ctx("commit batch", e))
     }
 
-    fn record_stats(&self, batch: &Batch, n_reqs: u64, failed: Option<&StorageError>) {
+    /// Counts one batch: its size, how long its write took (every batch,
+    /// failed or empty ones too, so both histograms count every batch), its
+    /// errors and entries.
+    fn record_stats(
+        &self,
+        batch: &Batch,
+        n_reqs: u64,
+        latency_us: u64,
+        failed: Option<&StorageError>,
+    ) {
         let st = &self.storage.inner.stats;
-        st.batches.fetch_add(1, Ordering::Relaxed);
         st.batch_size_sum.fetch_add(n_reqs, Ordering::Relaxed);
         st.batch_size_max.fetch_max(n_reqs, Ordering::Relaxed);
+        st.batch_size_buckets.observe(n_reqs);
+        st.commit_latency_us_sum
+            .fetch_add(latency_us, Ordering::Relaxed);
+        st.commit_latency_us_max
+            .fetch_max(latency_us, Ordering::Relaxed);
+        st.commit_latency_us_buckets.observe(latency_us);
+        // Last, so a snapshot that sees this batch counted (Acquire) also
+        // sees it in both histograms.
+        st.batches.fetch_add(1, Ordering::Release);
         let n_rejected = batch.results.iter().filter(|r| r.2.is_err()).count() as u64;
         let n_errors = if failed.is_some() { n_reqs } else { n_rejected };
         st.errors.fetch_add(n_errors, Ordering::Relaxed);

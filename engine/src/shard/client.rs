@@ -8,13 +8,13 @@ use std::sync::Arc;
 use tern_proto::{
     ClientFrame, ConvId, ConvSummary, DecodeError, ErrorCode, ServerFrame, Target, UserId,
 };
-use tern_storage::{WriteOp, WriteRequest};
 
 use super::Shard;
 use crate::encoded::Encoded;
 use crate::limits::{SERVER_FRAME_BYTES_MAX, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX};
-use crate::mesh::{owner_shard, ConnRef, ReplyTo, SendJob, ShardMsg};
-use crate::shared::{now_ms, NO_REPLY};
+use crate::mesh::{owner_shard, ConnRef, GroupAccess, ReplyTo, SendJob, ShardMsg};
+use crate::owner::{store_read, PendingRead, ReadRecipients};
+use crate::shared::now_ms;
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
     ServerFrame::Error { code, message: message.into() }
@@ -31,12 +31,14 @@ pub(crate) fn authorize_conv(user: &UserId, conv: &str) -> Result<ConvId, (Error
     Ok(conv)
 }
 
-/// May `user` read and write `conv`? (PROTOCOL.md guarantee 6.)
+/// May `user` read and write `conv`? (PROTOCOL.md guarantee 6.) Decided
+/// here for dms; for groups only the owner shard knows the members, so the
+/// check happens there (`owner::on_send`, `owner::on_group_access`).
 pub(crate) fn authorize(user: &UserId, conv: &ConvId) -> Result<(), (ErrorCode, String)> {
     match conv {
         ConvId::Dm { .. } if conv.is_dm_member(user) => Ok(()),
         ConvId::Dm { .. } => Err((ErrorCode::NotMember, format!("{user} is not in {conv}"))),
-        ConvId::Group(g) => Err((ErrorCode::NoSuchGroup, format!("no group {g}"))),
+        ConvId::Group(_) => Ok(()),
     }
 }
 
@@ -64,6 +66,7 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
         ClientFrame::Ack { conv, seq } => {
             if let Some(c) = shard.conns.borrow_mut().get_mut(slot, gen) {
                 c.ack(&conv, seq);
+                c.touch_group(&conv, now_ms());
             }
         }
         ClientFrame::Send { cmid, to, kind, body } => {
@@ -78,8 +81,20 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
             if let Err((code, msg)) = authorize(&user, &conv) {
                 return answer(send_err(&cmid, code, msg));
             }
+            let cfg = &shard.shared.cfg;
+            let allowed = match shard.conns.borrow_mut().get_mut(slot, gen) {
+                Some(c) => {
+                    let now = now_ms();
+                    c.touch_group(&conv.to_string(), now);
+                    c.take_send_token(now, cfg.send_rate_per_s, cfg.send_burst)
+                }
+                None => return,
+            };
+            if !allowed {
+                shard.shared.stats.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return answer(send_err(&cmid, ErrorCode::RateLimited, "too many sends; slow down"));
+            }
             shard.shared.stats.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let owner = owner_shard(&conv, shard.n_shards());
             let job = SendJob {
                 conv,
                 from: user,
@@ -90,16 +105,17 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
                 body,
                 reply: ReplyTo::Conn(me),
             };
-            shard.mesh_send(owner, ShardMsg::Send(job));
+            crate::owner::submit(&shard.shared, Some(shard), job);
         }
         ClientFrame::Read { conv, seq } => {
             let conv = match authorize_conv(&user, &conv) {
                 Ok(c) => c,
                 Err((code, msg)) => return answer(error(code, msg)),
             };
-            let req = WriteRequest { reply_to: NO_REPLY, token: 0, op: WriteOp::SetRead { user: user.clone(), conv: conv.clone(), seq } };
-            if shard.shared.writer.submit(req).is_err() {
-                return answer(error(ErrorCode::Unavailable, "storage busy"));
+            if !conv.is_dm() {
+                touch(shard, slot, gen, &conv);
+                let owner = owner_shard(&conv, shard.n_shards());
+                return shard.mesh_send(owner, ShardMsg::GroupAccess { conv, user, conn: me, what: GroupAccess::Read { seq } });
             }
             let receipt = ServerFrame::Receipt { conv: conv.to_string(), user: user.as_str().to_owned(), read_seq: seq };
             let mut to = vec![user.clone()];
@@ -108,7 +124,10 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
                     to.push(peer.clone());
                 }
             }
-            shard.push_users(to, Some(me), Arc::new(Encoded::both(&receipt)), None);
+            let pending = PendingRead { recipients: ReadRecipients::Users(to), except: me, frame: Arc::new(Encoded::both(&receipt)) };
+            if let Err(e) = store_read(shard, user, conv, seq, pending) {
+                answer(error(e.code, e.message));
+            }
         }
         ClientFrame::Typing { to } => {
             let conv = match Target::parse(&to) {
@@ -117,6 +136,10 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
             };
             if let Err((code, msg)) = authorize(&user, &conv) {
                 return answer(error(code, msg));
+            }
+            if !conv.is_dm() {
+                let owner = owner_shard(&conv, shard.n_shards());
+                return shard.mesh_send(owner, ShardMsg::GroupAccess { conv, user, conn: me, what: GroupAccess::Typing });
             }
             if let Some(peer) = conv.dm_peer(&user) {
                 if peer != &user {
@@ -131,31 +154,16 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
                 Err((code, msg)) => return answer(error(code, msg)),
             };
             let limit = limit.unwrap_or(SYNC_LIMIT_DEFAULT).clamp(1, SYNC_LIMIT_MAX) as usize;
-            let storage = shard.shared.storage.clone();
-            read_job(shard, me, move || match storage.read_entries(&conv, after, limit) {
-                Ok((mut messages, mut has_more)) => {
-                    // Stay under the server frame limit (PROTOCOL.md).
-                    let mut size = 256;
-                    let mut keep = 0;
-                    for m in &messages {
-                        size += entry_size_estimate(m);
-                        if size > SERVER_FRAME_BYTES_MAX {
-                            break;
-                        }
-                        keep += 1;
-                    }
-                    if keep < messages.len() {
-                        messages.truncate(keep.max(1));
-                        has_more = true;
-                    }
-                    ServerFrame::SyncResult { conv: conv.to_string(), messages, has_more }
-                }
-                Err(e) => error(ErrorCode::Unavailable, format!("storage: {e}")),
-            });
+            if !conv.is_dm() {
+                touch(shard, slot, gen, &conv);
+                let owner = owner_shard(&conv, shard.n_shards());
+                return shard.mesh_send(owner, ShardMsg::GroupAccess { conv, user, conn: me, what: GroupAccess::Sync { after, limit } });
+            }
+            sync_job(shard, me, conv, after, limit);
         }
         ClientFrame::Convs => {
             let storage = shard.shared.storage.clone();
-            read_job(shard, me, move || match storage.user_dm_convs(&user) {
+            read_job(shard, me, move || match storage.user_convs_all(&user) {
                 Ok(list) => ServerFrame::ConvsResult {
                     convs: list
                         .into_iter()
@@ -173,6 +181,38 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
     }
 }
 
+/// Note this device's activity in a group (for large-group `notice`s).
+fn touch(shard: &Shard, slot: u32, gen: u32, conv: &ConvId) {
+    if let Some(c) = shard.conns.borrow_mut().get_mut(slot, gen) {
+        c.touch_group(&conv.to_string(), now_ms());
+    }
+}
+
+/// Answer a `sync` from storage, off the shard (authorisation already done).
+pub(crate) fn sync_job(shard: &Shard, conn: ConnRef, conv: ConvId, after: u64, limit: usize) {
+    let storage = shard.shared.storage.clone();
+    read_job(shard, conn, move || match storage.read_entries(&conv, after, limit) {
+        Ok((mut messages, mut has_more)) => {
+            // Stay under the server frame limit (PROTOCOL.md).
+            let mut size = 256;
+            let mut keep = 0;
+            for m in &messages {
+                size += entry_size_estimate(m);
+                if size > SERVER_FRAME_BYTES_MAX {
+                    break;
+                }
+                keep += 1;
+            }
+            if keep < messages.len() {
+                messages.truncate(keep.max(1));
+                has_more = true;
+            }
+            ServerFrame::SyncResult { conv: conv.to_string(), messages, has_more }
+        }
+        Err(e) => error(ErrorCode::Unavailable, format!("storage: {e}")),
+    });
+}
+
 /// An upper bound of an entry's encoded size (JSON is the larger encoding).
 fn entry_size_estimate(e: &tern_proto::Entry) -> usize {
     match e {
@@ -182,7 +222,7 @@ fn entry_size_estimate(e: &tern_proto::Entry) -> usize {
 }
 
 /// Run a storage read off the shard; its answer comes back as a `Reply`.
-fn read_job(shard: &Shard, conn: ConnRef, job: impl FnOnce() -> ServerFrame + Send + 'static) {
+pub(crate) fn read_job(shard: &Shard, conn: ConnRef, job: impl FnOnce() -> ServerFrame + Send + 'static) {
     let mesh = shard.shared.mesh.clone();
     let ok = shard.shared.readers.spawn(Box::new(move || {
         let frame = job();

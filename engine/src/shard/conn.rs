@@ -33,6 +33,26 @@ pub enum Closing {
     CloseSent,
 }
 
+/// How long a device counts as active in a group after its last `send`,
+/// `read`, `sync` or `ack` there (PROTOCOL.md: 5 minutes).
+pub const ACTIVE_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Groups remembered per connection for activity and notice coalescing; the
+/// least recently used is forgotten beyond this.
+pub const GROUPS_TRACKED_MAX: usize = 32;
+/// At most one `notice` per group per connection per this interval.
+pub const NOTICE_INTERVAL_MS: u64 = 1000;
+
+/// A large group this connection touched or got notices for.
+pub struct GroupTrack {
+    pub conv: Arc<str>,
+    /// Last `send`/`read`/`sync`/`ack` here (0: never).
+    pub active_ms: u64,
+    /// Last notice sent (0: never).
+    pub notice_ms: u64,
+    /// A newer max seq waiting for the next notice slot.
+    pub notice_pending: Option<u64>,
+}
+
 pub struct Conn {
     pub gen: u32,
     pub stream: Rc<TcpStream>,
@@ -40,6 +60,13 @@ pub struct Conn {
     pub user: UserId,
     pub device: DeviceId,
     pub sp: Subprotocol,
+    /// Connected since (ms), for presence.
+    pub since_ms: u64,
+    /// Send rate limit: tokens left and when they were last refilled.
+    pub send_tokens: u32,
+    pub send_refill_ms: u64,
+    /// Large groups, for `notice` decisions (bounded: GROUPS_TRACKED_MAX).
+    pub groups: Vec<GroupTrack>,
     /// Bytes of an incomplete frame (only while one is arriving).
     pub partial: Vec<u8>,
     pub asm: Assembler,
@@ -61,6 +88,50 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The tracking record of `conv`, created (evicting the least recently
+    /// used beyond the bound) if missing.
+    pub fn group_track(&mut self, conv: &str) -> &mut GroupTrack {
+        if let Some(i) = self.groups.iter().position(|g| &*g.conv == conv) {
+            return &mut self.groups[i];
+        }
+        if self.groups.len() >= GROUPS_TRACKED_MAX {
+            let oldest = (0..self.groups.len())
+                .min_by_key(|&i| self.groups[i].active_ms.max(self.groups[i].notice_ms))
+                .unwrap_or(0);
+            self.groups.swap_remove(oldest);
+        }
+        self.groups.push(GroupTrack { conv: conv.into(), active_ms: 0, notice_ms: 0, notice_pending: None });
+        let last = self.groups.len() - 1;
+        &mut self.groups[last]
+    }
+
+    /// Note activity of this device in a group conversation.
+    pub fn touch_group(&mut self, conv: &str, now: u64) {
+        if conv.starts_with("group:") {
+            self.group_track(conv).active_ms = now;
+        }
+    }
+
+    /// Active in `conv` within the window?
+    pub fn is_active(&self, conv: &str, now: u64) -> bool {
+        self.groups.iter().any(|g| &*g.conv == conv && g.active_ms != 0 && now.saturating_sub(g.active_ms) < ACTIVE_WINDOW_MS)
+    }
+
+    /// Take one send token (refilled at `rate_per_s` up to `burst`).
+    pub fn take_send_token(&mut self, now: u64, rate_per_s: u32, burst: u32) -> bool {
+        let elapsed = now.saturating_sub(self.send_refill_ms);
+        let add = (elapsed * rate_per_s as u64 / 1000) as u32;
+        if add > 0 {
+            self.send_tokens = self.send_tokens.saturating_add(add).min(burst);
+            self.send_refill_ms = now;
+        }
+        if self.send_tokens == 0 {
+            return false;
+        }
+        self.send_tokens -= 1;
+        true
+    }
+
     /// Remove every unacked entry of `conv` with seq <= `seq` (cumulative ack).
     pub fn ack(&mut self, conv: &str, seq: u64) {
         self.unacked.retain(|u| !(u.seq <= seq && &*u.conv == conv));

@@ -16,7 +16,7 @@
 mod accept;
 pub mod conn;
 mod client;
-pub(crate) use client::authorize;
+pub(crate) use client::{authorize, sync_job};
 mod reader;
 pub mod sockio;
 pub mod timer;
@@ -213,6 +213,10 @@ impl Shard {
                 user: user.clone(),
                 device: device.clone(),
                 sp,
+                since_ms: now,
+                send_tokens: self.shared.cfg.send_burst,
+                send_refill_ms: now,
+                groups: Vec::new(),
                 partial: Vec::new(),
                 asm: Assembler::new(self.shared.cfg.frame_bytes_max),
                 outq: Default::default(),
@@ -231,6 +235,7 @@ impl Shard {
         };
         self.users.borrow_mut().entry(user.clone()).or_default().push((slot, gen));
         self.shared.stats.connections[self.idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.emit(crate::hooks::EngineEvent::UserOnline { user: user.clone(), device: device.clone(), ts: now });
         let ok = ServerFrame::AuthOk {
             user: user.as_str().to_owned(),
             device: device.as_str().to_owned(),
@@ -255,6 +260,7 @@ impl Shard {
             }
         }
         self.shared.stats.connections[self.idx].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.emit(crate::hooks::EngineEvent::UserOffline { user: c.user.clone(), device: c.device.clone(), ts: now_ms() });
         // `c.stream` drops here (after the reader's clone): the fd closes.
     }
 
@@ -435,15 +441,58 @@ impl Shard {
     fn on_push(&self, p: Push) {
         let now = now_ms();
         let users = self.users.borrow();
-        for user in &p.users {
+        for user in p.users.iter() {
+            if p.skip_user.as_ref() == Some(user) {
+                continue;
+            }
             let Some(slots) = users.get(user) else { continue };
             for &(slot, gen) in slots {
                 if p.except == Some(self.conn_ref(slot, gen)) {
                     continue;
                 }
+                if p.large {
+                    if let Some((conv, seq)) = &p.track {
+                        let active = self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| c.is_active(conv, now));
+                        if !active {
+                            self.notice(slot, gen, conv, *seq, now);
+                            continue;
+                        }
+                    }
+                }
                 self.push_to(slot, gen, &p.frame, p.track.as_ref(), now);
             }
         }
+    }
+
+    /// A large group's `notice`: at once, then at most one per group per
+    /// second per connection, carrying the latest max seq.
+    fn notice(&self, slot: u32, gen: u32, conv: &Arc<str>, max_seq: u64, now: u64) {
+        let send_now = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot, gen) else { return };
+            let t = c.group_track(conv);
+            if now.saturating_sub(t.notice_ms) >= conn::NOTICE_INTERVAL_MS {
+                t.notice_ms = now;
+                t.notice_pending = None;
+                true
+            } else {
+                let was_pending = t.notice_pending.is_some();
+                t.notice_pending = Some(t.notice_pending.map_or(max_seq, |m| m.max(max_seq)));
+                if !was_pending {
+                    let at = t.notice_ms + conn::NOTICE_INTERVAL_MS;
+                    self.timers.borrow_mut().arm(at, TimerEntry { slot, gen, kind: TimerKind::Notice });
+                }
+                false
+            }
+        };
+        if send_now {
+            self.send_notice(slot, gen, conv, max_seq);
+        }
+    }
+
+    fn send_notice(&self, slot: u32, gen: u32, conv: &str, max_seq: u64) {
+        self.shared.stats.notices.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.send_frame(slot, gen, &ServerFrame::Notice { conv: conv.to_owned(), max_seq });
     }
 
     fn push_to(&self, slot: u32, gen: u32, frame: &Encoded, track: Option<&(Arc<str>, u64)>, now: u64) {
@@ -477,10 +526,6 @@ impl Shard {
     /// per home shard.
     pub fn push_users(&self, users: Vec<UserId>, except: Option<ConnRef>, frame: Arc<Encoded>, track: Option<(Arc<str>, u64)>) {
         let n = self.n_shards();
-        if n == 1 {
-            self.mesh_send(0, ShardMsg::Push(Push { users, except, frame, track }));
-            return;
-        }
         let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
         for u in users {
             let h = crate::mesh::home_shard(&u, n);
@@ -488,7 +533,34 @@ impl Shard {
         }
         for (h, us) in by_home.into_iter().enumerate() {
             if !us.is_empty() {
-                self.mesh_send(h, ShardMsg::Push(Push { users: us, except, frame: frame.clone(), track: track.clone() }));
+                self.mesh_send(h, ShardMsg::Push(Push { users: us.into(), except, skip_user: None, frame: frame.clone(), track: track.clone(), large: false }));
+            }
+        }
+    }
+
+    /// Push to users already partitioned by home shard (`parts[h]` lives on
+    /// shard h): the slices are shared, not copied.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_parts(
+        &self,
+        parts: &[Arc<[UserId]>],
+        except: Option<ConnRef>,
+        skip_user: Option<UserId>,
+        frame: Arc<Encoded>,
+        track: Option<(Arc<str>, u64)>,
+        large: bool,
+    ) {
+        debug_assert_eq!(parts.len(), self.n_shards());
+        for (h, us) in parts.iter().enumerate() {
+            if !us.is_empty() {
+                self.mesh_send(h, ShardMsg::Push(Push {
+                    users: us.clone(),
+                    except,
+                    skip_user: skip_user.clone(),
+                    frame: frame.clone(),
+                    track: track.clone(),
+                    large,
+                }));
             }
         }
     }
@@ -567,6 +639,32 @@ impl Shard {
                 }
             }
             TimerKind::CloseGrace => self.abort(e.slot, e.gen),
+            TimerKind::Notice => {
+                let mut due: Vec<(Arc<str>, u64)> = Vec::new();
+                let mut next: Option<u64> = None;
+                {
+                    let mut conns = self.conns.borrow_mut();
+                    let Some(c) = conns.get_mut(e.slot, e.gen) else { return };
+                    for t in c.groups.iter_mut() {
+                        if let Some(max_seq) = t.notice_pending {
+                            let at = t.notice_ms + conn::NOTICE_INTERVAL_MS;
+                            if at <= now {
+                                t.notice_ms = now;
+                                t.notice_pending = None;
+                                due.push((t.conv.clone(), max_seq));
+                            } else {
+                                next = Some(next.map_or(at, |n: u64| n.min(at)));
+                            }
+                        }
+                    }
+                }
+                for (conv, max_seq) in due {
+                    self.send_notice(e.slot, e.gen, &conv, max_seq);
+                }
+                if let Some(at) = next {
+                    self.timers.borrow_mut().arm(at, e);
+                }
+            }
         }
     }
 
@@ -586,6 +684,21 @@ impl Shard {
             ShardMsg::Send(job) => crate::owner::on_send(self, job),
             ShardMsg::Committed(results) => crate::owner::on_committed(self, results),
             ShardMsg::Push(p) => self.on_push(p),
+            ShardMsg::GroupAccess { conv, user, conn, what } => crate::owner::on_group_access(self, conv, user, conn, what),
+            ShardMsg::GroupOp { group, op, reply } => crate::owner::on_group_op(self, group, op, reply),
+            ShardMsg::Presence { user, reply } => {
+                let slots: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
+                let mut conns = self.conns.borrow_mut();
+                let devices = slots
+                    .into_iter()
+                    .filter_map(|(slot, gen)| {
+                        let c = conns.get_mut(slot, gen)?;
+                        // A connection being closed (kicked, replaced) is gone already.
+                        (c.closing == Closing::Open).then(|| (c.device.clone(), c.since_ms))
+                    })
+                    .collect();
+                let _ = reply.send(devices);
+            }
             ShardMsg::Reply { conn, frame } => {
                 debug_assert_eq!(conn.shard, self.idx);
                 self.send_frame(conn.slot, conn.gen, &frame);
@@ -594,10 +707,9 @@ impl Shard {
                 let slots: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
                 let mut n = 0;
                 for (slot, gen) in slots {
-                    let hit = match &device {
-                        None => true,
-                        Some(d) => self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| &c.device == d),
-                    };
+                    let hit = self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| {
+                        c.closing == Closing::Open && device.as_ref().is_none_or(|d| &c.device == d)
+                    });
                     if hit {
                         self.kick(slot, gen, &reason);
                         n += 1;

@@ -17,6 +17,8 @@ pub enum TimerKind {
     Ack,
     /// A server-initiated close waits for the client's close frame.
     CloseGrace,
+    /// A coalesced large-group `notice` may be due.
+    Notice,
 }
 
 /// A connection slot + generation, and why.

@@ -9,31 +9,56 @@ use tern_proto::{
     SYNC_LIMIT_MAX,
 };
 
+use utoipa::ToSchema;
+
 use super::Shared;
 use crate::engine::Engine;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::json::{query_u64, ApiJson, ApiPath, ApiQuery};
 
+/// What a message body holds (schema of [`Kind`] for the OpenAPI document).
+#[derive(ToSchema)]
+#[schema(as = Kind)]
+#[allow(dead_code)] // only its schema is used
+#[serde(rename_all = "snake_case")]
+pub(crate) enum KindSchema {
+    Text,
+    Image,
+    File,
+    Voice,
+    Custom,
+}
+
 /// Body of `POST /v1/messages`.
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, ToSchema)]
 pub(crate) struct SendBody {
-    /// Absent: the sender is `system`.
+    /// Sending user; absent: the sender is `system`, which may post to any
+    /// group or user.
     #[serde(default)]
     from: Option<String>,
+    /// `user:<id>`, `group:<id>` or a conversation id (`dm:<a>:<b>`).
+    #[schema(example = "user:bob")]
     to: String,
+    #[schema(value_type = KindSchema)]
     kind: Kind,
-    /// Any JSON value (a string for `text`).
+    /// Any JSON value (a string for `text`), at most 32 KiB encoded.
+    #[schema(value_type = Value)]
     body: RawJson,
-    /// Absent: the engine makes one up and nothing is deduplicated.
+    /// Client message id, the dedup key (1–64 bytes). Absent: the server
+    /// makes one up and nothing is deduplicated.
     #[serde(default)]
     cmid: Option<String>,
 }
 
 /// Answer of a send: the same fields as `send_ack` without `cmid`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub(crate) struct SendDto {
+    /// Conversation id.
+    #[schema(value_type = String, example = "dm:alice:bob")]
     conv: ConvId,
+    /// Position in the conversation, from 1.
     seq: u64,
+    /// Server time, ms since the Unix epoch.
     ts: u64,
 }
 
@@ -46,15 +71,37 @@ pub(crate) struct HistoryQuery {
 }
 
 /// Answer of the history route.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
 pub(crate) struct HistoryDto {
-    /// Each entry exactly as it is pushed (`"type":"msg"` or `"type":"event"`).
+    /// Each entry exactly as it is pushed: `{"type":"msg", conv, seq, from,
+    /// device, cmid, kind, body, ts}` or `{"type":"event", conv, seq, code,
+    /// data, ts}`.
+    #[schema(value_type = Vec<Object>)]
     messages: Vec<Entry>,
+    /// Entries after the last one returned exist.
     has_more: bool,
 }
 
 /// `POST /v1/messages`: a send with the same path and guarantees as a
 /// WebSocket `send`; 200 only once the message is durable.
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "messages",
+    request_body = SendBody,
+    responses(
+        (status = 200, description = "Stored durably", body = SendDto),
+        (status = 400, description = "`bad_request`: bad field", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key, or `not_member`", body = ErrorBody),
+        (status = 404, description = "`no_such_user` or `no_such_group`", body = ErrorBody),
+        (status = 409, description = "`rejected` by the before-send hook", body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB or message body over 32 KiB", body = ErrorBody),
+        (status = 429, description = "`rate_limited`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: nothing stored", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn send<E: Engine>(
     State(st): State<Shared<E>>,
     ApiJson(body): ApiJson<SendBody>,
@@ -103,6 +150,24 @@ pub(crate) async fn send<E: Engine>(
 
 /// `GET /v1/conversations/{conv}/messages?after=&limit=`: entries with
 /// seq > `after` (default 0), at most `limit` (default 100, 1..=500).
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{conv}/messages",
+    tag = "messages",
+    params(
+        ("conv" = String, Path, description = "Conversation id: `dm:<a>:<b>` (a < b) or `group:<id>`"),
+        ("after" = Option<u64>, Query, description = "Entries with seq above this; default 0"),
+        ("limit" = Option<u32>, Query, description = "At most this many, 1..=500, default 100"),
+    ),
+    responses(
+        (status = 200, description = "Timeline entries in seq order", body = HistoryDto),
+        (status = 400, description = "Bad conversation id, after or limit", body = ErrorBody),
+        (status = 401, description = "No API key", body = ErrorBody),
+        (status = 403, description = "Wrong API key", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub(crate) async fn history<E: Engine>(
     State(st): State<Shared<E>>,
     ApiPath(conv): ApiPath<String>,

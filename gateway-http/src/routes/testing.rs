@@ -1,11 +1,14 @@
-//! An in-memory [`Engine`] for router tests: users in a map, sends recorded,
-//! history served from the recorded sends.
+//! An in-memory [`Engine`] for router tests: users and groups in maps,
+//! sends recorded, history served from the recorded sends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use tern_engine::{EngineError, MintedToken, SendOk, SendRequest, UserRecord};
-use tern_proto::{ConvId, DeviceId, Entry, ErrorCode, Msg, RawJson, Target, UserId};
+use tern_engine::{
+    EngineError, EngineMetrics, GroupRecord, MembersPage, MintedToken, Presence, SendOk,
+    SendRequest, UserRecord,
+};
+use tern_proto::{ConvId, DeviceId, Entry, ErrorCode, GroupId, Msg, RawJson, Target, UserId};
 
 use crate::engine::Engine;
 
@@ -22,6 +25,31 @@ pub(crate) struct FakeState {
     pub(crate) fail: Option<ErrorCode>,
     /// How long each send takes (to have requests in flight).
     pub(crate) send_delay: std::time::Duration,
+    pub(crate) groups: BTreeMap<GroupId, (GroupRecord, BTreeSet<UserId>)>,
+    /// Every `change_members` call as (group, add, remove).
+    pub(crate) changes: Vec<(GroupId, Vec<UserId>, Vec<UserId>)>,
+    /// Every `members` call as (group, after, limit).
+    pub(crate) member_calls: Vec<(GroupId, Option<UserId>, u32)>,
+    /// Connected devices per user: (device, since_ts).
+    pub(crate) online: BTreeMap<UserId, Vec<(DeviceId, u64)>>,
+    /// Every `kick` call as (user, device, reason).
+    pub(crate) kicks: Vec<(UserId, Option<DeviceId>, Option<String>)>,
+    /// What `metrics` returns.
+    pub(crate) metrics: EngineMetrics,
+}
+
+fn no_such_user(u: &UserId) -> EngineError {
+    EngineError {
+        code: ErrorCode::NoSuchUser,
+        message: format!("no such user: {u}"),
+    }
+}
+
+fn no_such_group(g: &GroupId) -> EngineError {
+    EngineError {
+        code: ErrorCode::NoSuchGroup,
+        message: format!("no such group: {g}"),
+    }
 }
 
 #[derive(Clone, Default)]
@@ -142,5 +170,126 @@ impl Engine for FakeEngine {
             token: format!("tok.{user}"),
             expires_ts: FAKE_TS + ttl_s * 1000,
         })
+    }
+
+    async fn put_group(
+        &self,
+        group: GroupId,
+        name: Option<String>,
+        members: Option<Vec<UserId>>,
+    ) -> Result<GroupRecord, EngineError> {
+        let mut st = self.lock()?;
+        if let Some(unknown) = members
+            .iter()
+            .flatten()
+            .find(|u| !st.users.contains_key(*u))
+        {
+            return Err(no_such_user(unknown));
+        }
+        let (mut rec, mut set) = st.groups.remove(&group).unwrap_or_else(|| {
+            let rec = GroupRecord {
+                group: group.clone(),
+                name: None,
+                members_count: 0,
+                created_ts: FAKE_TS,
+            };
+            (rec, BTreeSet::new())
+        });
+        if name.is_some() {
+            rec.name = name;
+        }
+        if let Some(m) = members {
+            set = m.into_iter().collect();
+        }
+        rec.members_count = set.len() as u64;
+        st.groups.insert(group, (rec.clone(), set));
+        Ok(rec)
+    }
+
+    async fn get_group(&self, group: &GroupId) -> Result<Option<GroupRecord>, EngineError> {
+        Ok(self.lock()?.groups.get(group).map(|(r, _)| r.clone()))
+    }
+
+    async fn delete_group(&self, group: &GroupId) -> Result<bool, EngineError> {
+        Ok(self.lock()?.groups.remove(group).is_some())
+    }
+
+    async fn change_members(
+        &self,
+        group: &GroupId,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+    ) -> Result<u64, EngineError> {
+        let mut st = self.lock()?;
+        if !st.groups.contains_key(group) {
+            return Err(no_such_group(group));
+        }
+        if let Some(unknown) = add.iter().find(|u| !st.users.contains_key(*u)) {
+            return Err(no_such_user(unknown));
+        }
+        st.changes
+            .push((group.clone(), add.clone(), remove.clone()));
+        let Some((rec, set)) = st.groups.get_mut(group) else {
+            return Err(no_such_group(group));
+        };
+        set.extend(add);
+        for u in &remove {
+            set.remove(u);
+        }
+        rec.members_count = set.len() as u64;
+        Ok(rec.members_count)
+    }
+
+    async fn members(
+        &self,
+        group: &GroupId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<MembersPage, EngineError> {
+        let mut st = self.lock()?;
+        st.member_calls.push((group.clone(), after.clone(), limit));
+        let Some((_, set)) = st.groups.get(group) else {
+            return Err(no_such_group(group));
+        };
+        let rest: Vec<UserId> = set
+            .iter()
+            .filter(|u| after.as_ref().is_none_or(|a| *u > a))
+            .take(limit as usize + 1)
+            .cloned()
+            .collect();
+        let more = rest.len() > limit as usize;
+        let members: Vec<UserId> = rest.into_iter().take(limit as usize).collect();
+        let next = if more { members.last().cloned() } else { None };
+        Ok(MembersPage { members, next })
+    }
+
+    async fn presence(&self, user: &UserId) -> Result<Presence, EngineError> {
+        let st = self.lock()?;
+        let devices = st.online.get(user).cloned().unwrap_or_default();
+        Ok(Presence {
+            user: user.clone(),
+            online: !devices.is_empty(),
+            devices,
+        })
+    }
+
+    async fn kick(
+        &self,
+        user: &UserId,
+        device: Option<DeviceId>,
+        reason: Option<String>,
+    ) -> Result<usize, EngineError> {
+        let mut st = self.lock()?;
+        st.kicks.push((user.clone(), device.clone(), reason));
+        let Some(devices) = st.online.get_mut(user) else {
+            return Ok(0);
+        };
+        let before = devices.len();
+        devices.retain(|(d, _)| device.as_ref().is_some_and(|want| d != want));
+        Ok(before - devices.len())
+    }
+
+    fn metrics(&self) -> EngineMetrics {
+        self.0.lock().unwrap().metrics.clone()
     }
 }

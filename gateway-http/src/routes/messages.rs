@@ -16,7 +16,9 @@ use crate::engine::Engine;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::{query_u64, ApiJson, ApiPath, ApiQuery};
 
-/// What a message body holds (schema of [`Kind`] for the OpenAPI document).
+/// What a message body holds: `text` has a string body, the media kinds an
+/// object such as `{url, mime, size, name, duration_ms}`. (Only the schema
+/// of [`Kind`] for the OpenAPI document.)
 #[derive(ToSchema)]
 #[schema(as = Kind)]
 #[allow(dead_code)] // only its schema is used

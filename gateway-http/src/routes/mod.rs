@@ -108,6 +108,7 @@ pub(crate) async fn healthz() -> Json<HealthDto> {
 #[utoipa::path(
     get,
     path = "/metrics",
+    operation_id = "metrics",
     tag = "operations",
     responses((
         status = 200,

@@ -25,6 +25,11 @@ pub const WRITEV_IOVECS_MAX: usize = 64;
 /// produced for that shard in one loop pass, so this is a generous bound.
 pub const MESH_INBOX_BATCHES_MAX: usize = 16 * 1024;
 
+/// Longest a thread outside the shards waits for room in a full shard inbox
+/// before giving up on a message (logged); long enough to ride out any
+/// burst, short enough that shutdown never hangs on a dead shard.
+pub const OUTSIDE_SEND_WAIT_MS: u64 = 10_000;
+
 /// Mesh messages handled per inbox wakeup before yielding to sockets, so a
 /// flood from other shards cannot starve this shard's own connections.
 pub const INBOX_BATCHES_PER_PASS_MAX: usize = 64;

@@ -17,7 +17,7 @@ use tern_storage::StorageError;
 
 use crate::encoded::Encoded;
 use crate::handle::{EngineError, SendOk};
-use crate::limits::MESH_INBOX_BATCHES_MAX;
+use crate::limits::{MESH_INBOX_BATCHES_MAX, OUTSIDE_SEND_WAIT_MS};
 
 /// Index of a shard, `0..n_shards`.
 pub type ShardIdx = usize;
@@ -199,20 +199,28 @@ impl Mesh {
         }
     }
 
-    /// For threads outside the shards: send one message, waiting (bounded)
-    /// while the inbox is full. Returns false if it could not be delivered.
+    /// For threads outside the shards (storage writer, gateway, readers):
+    /// send one message, waiting while the inbox is full. Waiting is the
+    /// backpressure (a full inbox means the shard is far behind); it is
+    /// bounded by [`OUTSIDE_SEND_WAIT_MS`], after which the message is given
+    /// up and false returned.
     pub fn send_from_outside(&self, shard: ShardIdx, msg: ShardMsg) -> bool {
         let mut batch = vec![msg];
-        for attempt in 0..1000u32 {
+        let start = std::time::Instant::now();
+        let mut pause_us = 50u64;
+        loop {
             match self.send_batch(shard, batch) {
                 Ok(()) => return true,
                 Err(b) => {
+                    if start.elapsed() > std::time::Duration::from_millis(OUTSIDE_SEND_WAIT_MS) {
+                        return false;
+                    }
                     batch = b;
-                    std::thread::sleep(std::time::Duration::from_micros(100 + attempt as u64 * 10));
+                    std::thread::sleep(std::time::Duration::from_micros(pause_us));
+                    pause_us = (pause_us * 2).min(10_000);
                 }
             }
         }
-        false
     }
 
     /// Register the shard's inbox task for wakeups.

@@ -51,7 +51,7 @@ enum Recipients {
 enum Then {
     /// A message: answer the sender (and duplicates waiting on it), tell the
     /// webhooks.
-    Msg { cmid: String, reply: ReplyTo, dedup: Option<DedupKey>, event: Option<EngineEvent> },
+    Msg { cmid: String, reply: ReplyTo, dedup: Option<DedupKey>, event: Option<Box<EngineEvent>> },
     /// A group event: answer the HTTP caller after the last event of its op.
     Event { code: u16, data: RawJson, reply: Option<(GroupOpReply, GroupRecord)> },
 }
@@ -330,7 +330,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         ts: now,
     };
     let frame = Arc::new(Encoded::both(&ServerFrame::Msg(msg.clone())));
-    let event = shard.shared.cfg.events.is_some().then(|| EngineEvent::MessageSent {
+    let event = shard.shared.cfg.events.is_some().then(|| Box::new(EngineEvent::MessageSent {
         conv: job.conv.clone(),
         seq,
         from: job.from.clone(),
@@ -339,7 +339,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         kind: msg.kind,
         body: msg.body.clone(),
         ts: now,
-    });
+    }));
     // The per-user conversation index needs writing once, with the first entry.
     let index_users = match (&recipients, seq) {
         (Recipients::Users(to), 1) => to.clone(),
@@ -472,7 +472,7 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
             match p.then {
                 Then::Msg { cmid, reply: to, event, .. } => {
                     if let Some(e) = event {
-                        shard.shared.emit(e);
+                        shard.shared.emit(*e);
                     }
                     let ok = SendOk { conv: p.conv.clone(), seq: p.seq, ts: p.ts };
                     for (w, c) in waiters {

@@ -1163,6 +1163,9 @@ async fn openapi_document_lists_every_route() {
         }
     }
     assert_eq!(n_ops, ROUTES.len(), "routes missing from the document");
+    // The hand-written Kind schema matches the real enum.
+    let kinds: Vec<&str> = tern_proto::Kind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(doc["components"]["schemas"]["Kind"]["enum"], json!(kinds));
     for schema in [
         "ErrorBody",
         "GroupDto",

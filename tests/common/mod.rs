@@ -1103,6 +1103,117 @@ impl Client {
 }
 
 // ---------------------------------------------------------------------------
+// Groups, timeline entries, metrics
+// ---------------------------------------------------------------------------
+
+/// `group:<gid>`.
+pub fn group_conv(g: &str) -> String {
+    format!("group:{g}")
+}
+
+impl Server {
+    /// `PUT /v1/groups/{g}` with `name` (when given) and `members`; asserts
+    /// 200 and returns the group.
+    pub async fn put_group(&self, g: &str, name: Option<&str>, members: &[&str]) -> Value {
+        let mut body = json!({ "members": members });
+        if let Some(n) = name {
+            body["name"] = json!(n);
+        }
+        let (st, v) = self
+            .request("PUT", &format!("/v1/groups/{g}"), Some(body))
+            .await;
+        assert_eq!(st, 200, "PUT group {g}: {v}");
+        v
+    }
+
+    /// `POST /v1/groups/{g}/members` with `add` and `remove`.
+    pub async fn change_members(&self, g: &str, add: &[&str], remove: &[&str]) -> (u16, Value) {
+        self.request(
+            "POST",
+            &format!("/v1/groups/{g}/members"),
+            Some(json!({ "add": add, "remove": remove })),
+        )
+        .await
+    }
+
+    /// `GET /metrics` (no key); asserts 200 and returns the text.
+    pub async fn metrics_text(&self) -> String {
+        let (st, v) = self.request_raw("GET", "/metrics", None, None).await;
+        assert_eq!(st, 200, "GET /metrics: {v}");
+        match v {
+            Value::String(s) => s,
+            other => panic!("GET /metrics is not Prometheus text: {other}"),
+        }
+    }
+}
+
+/// The value of the series `series` (name plus labels exactly as
+/// exposed, e.g. `tern_connections{shard="0"}`) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k.trim() == series).then(|| v.trim().parse::<f64>().ok())?
+        })
+}
+
+/// The sum of every series of the family `name` (any labels).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let k = k.trim();
+            let base = k.split('{').next().unwrap_or(k);
+            (base == name).then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Whether `v` is a timeline entry (`msg` or `event`) of `conv`.
+pub fn is_entry_of(v: &Value, conv: &str) -> bool {
+    matches!(frame_type(v), "msg" | "event") && v["conv"] == conv
+}
+
+impl Client {
+    /// The next `n` timeline entries (`msg`/`event`) of `conv`, in arrival
+    /// order; every other frame stays in the inbox. Each entry must come
+    /// within `each`.
+    pub async fn entries(&mut self, conv: &str, n: usize, each: Duration) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = conv.to_string();
+            let v = self
+                .expect_where(each, &format!("entry {} of {n} in {conv}", i + 1), move |v| {
+                    is_entry_of(v, &c)
+                })
+                .await;
+            out.push(v);
+        }
+        out
+    }
+
+    /// The `event` with (conv, seq).
+    pub async fn expect_event(&mut self, conv: &str, seq: u64) -> Value {
+        let c = conv.to_string();
+        self.expect_where(REPLY, &format!("event {conv}#{seq}"), move |v| {
+            frame_type(v) == "event" && v["conv"] == c.as_str() && v["seq"] == seq
+        })
+        .await
+    }
+
+    /// The first frame of type `ty` about `conv`.
+    pub async fn expect_in(&mut self, ty: &str, conv: &str, t: Duration) -> Value {
+        let (want, c) = (ty.to_string(), conv.to_string());
+        self.expect_where(t, &format!("a {ty} frame of {conv}"), move |v| {
+            frame_type(v) == want && v["conv"] == c.as_str()
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Raw WebSocket over blocking TCP
 // ---------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ use tern_storage::{Storage, UserRow};
 
 use crate::handle::*;
 use crate::mesh::{home_shard, owner_shard, GroupOp, ReplyTo, SendJob, ShardMsg};
-use crate::shard::authorize;
+use crate::shard::authorize_send;
 use crate::shared::{now_ms, Shared, FANOUT_BUCKETS, SYSTEM_USER};
 
 pub(crate) struct Inner {
@@ -56,7 +56,7 @@ impl Inner {
         let target = Target::parse(&req.to).map_err(|e| err(ErrorCode::BadRequest, format!("to: {e}")))?;
         let conv = target.conv_for(&sender);
         if let Some(from) = &req.from {
-            authorize(&sender, &conv).map_err(|(code, m)| err(code, m))?;
+            authorize_send(&sender, &conv).map_err(|(code, m)| err(code, m))?;
             self.check_users_exist(std::slice::from_ref(from)).await?;
         }
         if req.body.as_str().len() > BODY_BYTES_MAX {
@@ -222,6 +222,7 @@ impl Inner {
     }
 
     pub(crate) async fn presence(&self, user: &UserId) -> Result<Presence, EngineError> {
+        self.check_users_exist(std::slice::from_ref(user)).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let home = home_shard(user, self.shared.mesh.n_shards());
         if !self.shared.mesh.send_from_outside(home, ShardMsg::Presence { user: user.clone(), reply: tx }) {
@@ -232,6 +233,7 @@ impl Inner {
     }
 
     pub(crate) async fn kick(&self, user: &UserId, device: Option<DeviceId>, reason: Option<String>) -> Result<usize, EngineError> {
+        self.check_users_exist(std::slice::from_ref(user)).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let home = home_shard(user, self.shared.mesh.n_shards());
         let reason = reason.unwrap_or_else(|| "kicked".to_owned());

@@ -31,6 +31,16 @@ pub(crate) fn authorize_conv(user: &UserId, conv: &str) -> Result<ConvId, (Error
     Ok(conv)
 }
 
+/// May `user` post in `conv`? Everything [`authorize`] allows, except a
+/// user's conversation with `system`, which only business systems write.
+pub(crate) fn authorize_send(user: &UserId, conv: &ConvId) -> Result<(), (ErrorCode, String)> {
+    authorize(user, conv)?;
+    if user.as_str() != crate::shared::SYSTEM_USER && conv.dm_peer(user).is_some_and(|p| p.as_str() == crate::shared::SYSTEM_USER) {
+        return Err((ErrorCode::NotMember, "the system conversation is read-only".into()));
+    }
+    Ok(())
+}
+
 /// May `user` read and write `conv`? (PROTOCOL.md guarantee 6.) Decided
 /// here for dms; for groups only the owner shard knows the members, so the
 /// check happens there (`owner::on_send`, `owner::on_group_access`).
@@ -78,7 +88,7 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
                 Ok(t) => t.conv_for(&user),
                 Err(e) => return answer(send_err(&cmid, ErrorCode::BadRequest, format!("to: {e}"))),
             };
-            if let Err((code, msg)) = authorize(&user, &conv) {
+            if let Err((code, msg)) = authorize_send(&user, &conv) {
                 return answer(send_err(&cmid, code, msg));
             }
             let cfg = &shard.shared.cfg;

@@ -16,7 +16,7 @@
 mod accept;
 pub mod conn;
 mod client;
-pub(crate) use client::{authorize, sync_job};
+pub(crate) use client::{authorize_send, sync_job};
 mod reader;
 pub mod sockio;
 pub mod timer;

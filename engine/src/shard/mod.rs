@@ -140,6 +140,8 @@ pub(crate) struct Shard {
     timers: RefCell<TimerWheel>,
     /// Where every read lands (DESIGN.md: no per-connection read buffer).
     pub scratch: RefCell<Vec<u8>>,
+    /// What one read asked for; lent to one reader at a time.
+    actions: RefCell<Vec<reader::Action>>,
     pub shutting_down: Cell<bool>,
     stop: LocalNotify,
 }
@@ -160,6 +162,7 @@ impl Shard {
             flush: LocalNotify::default(),
             timers: RefCell::new(TimerWheel::new(now_ms())),
             scratch: RefCell::new(scratch),
+            actions: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
             stop: LocalNotify::default(),
         }
@@ -167,6 +170,16 @@ impl Shard {
 
     pub fn n_shards(&self) -> usize {
         self.shared.mesh.n_shards()
+    }
+
+    fn take_actions(&self) -> Vec<reader::Action> {
+        std::mem::take(&mut *self.actions.borrow_mut())
+    }
+
+    fn put_actions(&self, mut a: Vec<reader::Action>) {
+        debug_assert!(a.is_empty());
+        a.clear();
+        *self.actions.borrow_mut() = a;
     }
 
     /// Queue a mesh message; it leaves with this pass's batch for `dest`

@@ -27,10 +27,14 @@ pub(super) enum Action {
 
 pub(super) async fn run(shard: Rc<Shard>, slot: u32, gen: u32, stream: Rc<TcpStream>, mut leftover: Vec<u8>) {
     let fd = stream.as_raw_fd();
-    let mut actions = Vec::new();
+    // The actions buffer is the shard's, borrowed per read: an idle
+    // connection's task holds no Vec capacity.
     if !leftover.is_empty() {
+        let mut actions = shard.take_actions();
         cut_frames(&shard, slot, gen, &mut leftover, &mut actions);
-        if !dispatch(&shard, slot, gen, &mut actions) {
+        let alive = dispatch(&shard, slot, gen, &mut actions);
+        shard.put_actions(actions);
+        if !alive {
             return finish(&shard, slot, gen);
         }
     }
@@ -39,19 +43,30 @@ pub(super) async fn run(shard: Rc<Shard>, slot: u32, gen: u32, stream: Rc<TcpStr
             break;
         }
         for _ in 0..READS_PER_WAKE_MAX {
+            let mut actions = shard.take_actions();
             let got = {
                 let mut scratch = shard.scratch.borrow_mut();
                 match recv_nb(fd, &mut scratch) {
-                    Ok(0) => break 'conn,
+                    Ok(0) => {
+                        drop(scratch);
+                        shard.put_actions(actions);
+                        break 'conn;
+                    }
                     Ok(n) => {
                         cut_frames(&shard, slot, gen, &mut scratch[..n], &mut actions);
                         Some(n == scratch.len())
                     }
                     Err(e) if would_block(&e) => None,
-                    Err(_) => break 'conn,
+                    Err(_) => {
+                        drop(scratch);
+                        shard.put_actions(actions);
+                        break 'conn;
+                    }
                 }
             };
-            if !dispatch(&shard, slot, gen, &mut actions) {
+            let alive = dispatch(&shard, slot, gen, &mut actions);
+            shard.put_actions(actions);
+            if !alive {
                 break 'conn;
             }
             match got {

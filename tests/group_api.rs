@@ -14,7 +14,10 @@ use tern_proto::Subprotocol;
 fn assert_error(v: &Value, code: Option<&str>, what: &str) {
     let e = &v["error"];
     assert!(e["code"].is_string(), "{what}: error without code: {v}");
-    assert!(e["message"].is_string(), "{what}: error without message: {v}");
+    assert!(
+        e["message"].is_string(),
+        "{what}: error without message: {v}"
+    );
     if let Some(c) = code {
         assert_eq!(e["code"], c, "{what}: {v}");
     }
@@ -109,19 +112,31 @@ async fn put_get_update_and_delete_a_group() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["members_count"], 3, "{v}");
 
-    let log = event_log(&s, "g1").await;
-    assert_eq!(log.len(), 4, "events: {log:?}");
-    assert_eq!(log[0], (1501, json!({ "name": "One", "users": ["ga1", "ga2"] })));
-    assert_eq!(log[1], (1502, json!({ "name": "Uno" })));
-    let mut rest = log[2..].to_vec();
-    rest.sort_by_key(|(c, _)| *c);
+    // Name and members in one PUT: 1502, then 1509, then 1508.
+    let (st, v) = s
+        .request(
+            "PUT",
+            "/v1/groups/g1",
+            Some(json!({ "name": "Tres", "members": ["ga1", "ga2"] })),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
     assert_eq!(
-        rest,
-        [
-            (1508, json!({ "users": ["ga1"] })),
-            (1509, json!({ "users": ["ga3", "ga4"] }))
-        ]
+        v,
+        json!({ "group": "g1", "name": "Tres", "members_count": 2, "created_ts": created_ts })
     );
+
+    let log = event_log(&s, "g1").await;
+    let want = [
+        (1501, json!({ "name": "One", "users": ["ga1", "ga2"] })),
+        (1502, json!({ "name": "Uno" })),
+        (1509, json!({ "users": ["ga3", "ga4"] })),
+        (1508, json!({ "users": ["ga1"] })),
+        (1502, json!({ "name": "Tres" })),
+        (1509, json!({ "users": ["ga1"] })),
+        (1508, json!({ "users": ["ga3", "ga4"] })),
+    ];
+    assert_eq!(log, want, "the group's events in seq order");
 
     // An unknown member: 404 no_such_user, nothing changes.
     let (st, v) = s
@@ -134,13 +149,17 @@ async fn put_get_update_and_delete_a_group() {
     assert_eq!(st, 404, "{v}");
     assert_error(&v, Some("no_such_user"), "PUT with a ghost");
     let (_, v) = s.request("GET", "/v1/groups/g1", None).await;
-    assert_eq!(v["name"], "Uno", "{v}");
-    assert_eq!(v["members_count"], 3, "{v}");
-    assert_eq!(all_members(&s, "g1").await, ["ga2", "ga3", "ga4"]);
-    assert_eq!(event_log(&s, "g1").await.len(), 4, "no event stored");
+    assert_eq!(v["name"], "Tres", "{v}");
+    assert_eq!(v["members_count"], 2, "{v}");
+    assert_eq!(all_members(&s, "g1").await, ["ga1", "ga2"]);
+    assert_eq!(event_log(&s, "g1").await.len(), 7, "no event stored");
     // ...and a group is not created by a refused PUT.
     let (st, v) = s
-        .request("PUT", "/v1/groups/g2", Some(json!({ "members": ["ghost"] })))
+        .request(
+            "PUT",
+            "/v1/groups/g2",
+            Some(json!({ "members": ["ghost"] })),
+        )
         .await;
     assert_eq!(st, 404, "{v}");
     let (st, v) = s.request("GET", "/v1/groups/g2", None).await;
@@ -153,14 +172,22 @@ async fn put_get_update_and_delete_a_group() {
     assert_eq!(v["name"], Value::Null, "{v}");
     // A name over 1,024 bytes is refused.
     let (st, v) = s
-        .request("PUT", "/v1/groups/g3", Some(json!({ "name": "n".repeat(1025) })))
+        .request(
+            "PUT",
+            "/v1/groups/g3",
+            Some(json!({ "name": "n".repeat(1025) })),
+        )
         .await;
     assert_eq!(st, 400, "{v}");
     assert_error(&v, None, "long name");
 
     // Dismiss: 204, then gone everywhere.
     let (st, v) = s.request("DELETE", "/v1/groups/g1", None).await;
-    assert_eq!((st, v), (204, Value::Null), "DELETE answers 204 without a body");
+    assert_eq!(
+        (st, v),
+        (204, Value::Null),
+        "DELETE answers 204 without a body"
+    );
     let (st, v) = s.request("GET", "/v1/groups/g1", None).await;
     assert_eq!(st, 404, "{v}");
     assert_error(&v, Some("no_such_group"), "GET dismissed");
@@ -175,6 +202,28 @@ async fn put_get_update_and_delete_a_group() {
     let (st, v) = s.request("DELETE", "/v1/groups/nosuch", None).await;
     assert_eq!(st, 404, "{v}");
     assert_error(&v, Some("no_such_group"), "DELETE unknown");
+
+    // The id can be created again; its timeline continues, seqs unreused.
+    let (st, v) = s
+        .request("PUT", "/v1/groups/g1", Some(json!({ "members": ["ga3"] })))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["members_count"], 1, "{v}");
+    assert_eq!(v["name"], Value::Null, "a new group, not the old one: {v}");
+    assert_eq!(all_members(&s, "g1").await, ["ga3"]);
+    let tail: Vec<(u64, u64)> = s
+        .history_all("group:g1")
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().expect("seq"),
+                e["code"].as_u64().expect("code"),
+            )
+        })
+        .skip(7)
+        .collect();
+    assert_eq!(tail, [(8, 1520), (9, 1501)], "timeline after dismissal");
 }
 
 #[tokio::test]
@@ -293,7 +342,13 @@ async fn members_are_paged_with_after_limit_and_next() {
     let v = page("?after=&limit=").await;
     assert_eq!(v, json!({ "members": ids }), "empty params mean defaults");
 
-    for q in ["?limit=0", "?limit=abc", "?limit=-1", "?after=bad%20id", "?limit=1001"] {
+    for q in [
+        "?limit=0",
+        "?limit=abc",
+        "?limit=-1",
+        "?after=bad%20id",
+        "?limit=1001",
+    ] {
         let (st, v) = s
             .request("GET", &format!("/v1/groups/paged/members{q}"), None)
             .await;
@@ -312,6 +367,14 @@ async fn presence_and_kick_leave_membership_alone() {
     s.put_group("pk", None, &["pk1", "pk2"]).await;
     let (_, v) = s.request("GET", "/v1/users/pk1/presence", None).await;
     assert_eq!(v, json!({ "user": "pk1", "online": false, "devices": [] }));
+    let (st, v) = s.request("GET", "/v1/users/ghost/presence", None).await;
+    assert_eq!(st, 404, "{v}");
+    assert_error(&v, Some("no_such_user"), "presence of unknown");
+    let (st, v) = s
+        .request("POST", "/v1/users/ghost/kick", Some(json!({})))
+        .await;
+    assert_eq!(st, 404, "{v}");
+    assert_error(&v, Some("no_such_user"), "kick of unknown");
 
     let mut phone = s.login(Subprotocol::Rkyv, "pk1", "phone").await;
     let mut tablet = s.login(Subprotocol::Json, "pk1", "tablet").await;
@@ -396,9 +459,14 @@ async fn metrics_are_exposed_and_move_with_traffic() {
     ] {
         assert!(metric(&m0, series).is_some(), "{series} missing:\n{m0}");
     }
-    for family in ["tern_connections", "tern_fanout_size", "tern_http_requests_total"] {
+    for family in [
+        "tern_connections",
+        "tern_fanout_size",
+        "tern_http_requests_total",
+    ] {
         assert!(
-            m0.lines().any(|l| l.starts_with(&format!("# TYPE {family} "))),
+            m0.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {family} "))),
             "no # TYPE for {family}"
         );
     }
@@ -427,25 +495,48 @@ async fn metrics_are_exposed_and_move_with_traffic() {
         metric(m, series).unwrap_or(f64::NAN) - metric(&m1, series).unwrap_or(f64::NAN)
     };
     let m2 = poll_metrics(&s, |m| delta(m, "tern_deliveries_total") >= 9.0).await;
-    assert!(delta(&m2, "tern_messages_in_total") >= 3.0, "messages_in:\n{m2}");
-    assert!(delta(&m2, "tern_messages_stored_total") >= 3.0, "stored:\n{m2}");
-    assert!(delta(&m2, "tern_fanout_size_count") >= 3.0, "fanout count:\n{m2}");
-    assert!(delta(&m2, "tern_storage_batch_size_count") >= 1.0, "batches:\n{m2}");
+    assert!(
+        delta(&m2, "tern_messages_in_total") >= 3.0,
+        "messages_in:\n{m2}"
+    );
+    assert!(
+        delta(&m2, "tern_messages_stored_total") >= 3.0,
+        "stored:\n{m2}"
+    );
+    assert!(
+        delta(&m2, "tern_fanout_size_count") >= 3.0,
+        "fanout count:\n{m2}"
+    );
+    assert!(
+        delta(&m2, "tern_storage_batch_size_count") >= 1.0,
+        "batches:\n{m2}"
+    );
     assert!(
         delta(&m2, "tern_storage_commit_seconds_count") >= 1.0,
         "commits:\n{m2}"
     );
     // Histograms are cumulative and end in +Inf = count.
-    for h in ["tern_fanout_size", "tern_storage_batch_size", "tern_storage_commit_seconds"] {
+    for h in [
+        "tern_fanout_size",
+        "tern_storage_batch_size",
+        "tern_storage_commit_seconds",
+    ] {
         let buckets: Vec<f64> = m2
             .lines()
             .filter(|l| l.starts_with(&format!("{h}_bucket{{")))
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
             .collect();
         assert!(buckets.len() >= 2, "{h}: buckets {buckets:?}");
-        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{h} not cumulative: {buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{h} not cumulative: {buckets:?}"
+        );
         let inf = metric(&m2, &format!("{h}_bucket{{le=\"+Inf\"}}"));
-        assert_eq!(inf, metric(&m2, &format!("{h}_count")), "{h}: +Inf vs count");
+        assert_eq!(
+            inf,
+            metric(&m2, &format!("{h}_count")),
+            "{h}: +Inf vs count"
+        );
     }
     // HTTP answers are counted by code.
     assert!(
@@ -521,7 +612,12 @@ async fn openapi_documents_every_route() {
 }
 
 /// Group ids that PROTOCOL.md "Identifiers" rejects, URL-encoded.
-const BAD_GROUP_IDS: [&str; 4] = ["bad!id", "sp%20ace", "%C3%BC", "gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg"];
+const BAD_GROUP_IDS: [&str; 4] = [
+    "bad!id",
+    "sp%20ace",
+    "%C3%BC",
+    "gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg",
+];
 
 #[tokio::test]
 async fn bad_ids_are_400() {
@@ -530,11 +626,19 @@ async fn bad_ids_are_400() {
     assert_eq!(BAD_GROUP_IDS[3].len(), 66);
     for g in BAD_GROUP_IDS {
         let routes: [(&str, String, Option<Value>); 5] = [
-            ("PUT", format!("/v1/groups/{g}"), Some(json!({ "members": ["bi1"] }))),
+            (
+                "PUT",
+                format!("/v1/groups/{g}"),
+                Some(json!({ "members": ["bi1"] })),
+            ),
             ("GET", format!("/v1/groups/{g}"), None),
             ("DELETE", format!("/v1/groups/{g}"), None),
             ("GET", format!("/v1/groups/{g}/members"), None),
-            ("POST", format!("/v1/groups/{g}/members"), Some(json!({ "add": ["bi1"] }))),
+            (
+                "POST",
+                format!("/v1/groups/{g}/members"),
+                Some(json!({ "add": ["bi1"] })),
+            ),
         ];
         for (m, path, body) in routes {
             let (st, v) = s.request(m, &path, body).await;
@@ -560,11 +664,7 @@ async fn bad_ids_are_400() {
     let (st, _) = s.request("GET", "/v1/groups/okgroup", None).await;
     assert_eq!(st, 404, "refused PUT created the group");
     // Wrong JSON types.
-    for body in [
-        json!({ "members": "bi1" }),
-        json!({ "name": 5 }),
-        json!([]),
-    ] {
+    for body in [json!({ "members": "bi1" }), json!({ "name": 5 }), json!([])] {
         let (st, v) = s
             .request("PUT", "/v1/groups/okgroup", Some(body.clone()))
             .await;
@@ -582,7 +682,11 @@ async fn group_routes_need_the_api_key() {
         ("GET", "/v1/groups/ak", None),
         ("DELETE", "/v1/groups/ak", None),
         ("GET", "/v1/groups/ak/members", None),
-        ("POST", "/v1/groups/ak/members", Some(json!({ "remove": ["ak1"] }))),
+        (
+            "POST",
+            "/v1/groups/ak/members",
+            Some(json!({ "remove": ["ak1"] })),
+        ),
     ];
     for (m, path, body) in routes {
         let bytes = body.map(|b| serde_json::to_vec(&b).expect("json"));

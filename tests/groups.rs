@@ -16,9 +16,7 @@ use serde_json::{json, Value};
 use tern_proto::Subprotocol;
 
 fn seq_of(v: &Value) -> u64 {
-    v["seq"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no seq in {v}"))
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
 }
 
 fn seqs(vs: &[Value]) -> Vec<u64> {
@@ -86,7 +84,7 @@ async fn group_send_reaches_every_member_device_once_in_seq_order() {
         devs.push(s.login(SPS[i % 2], u, "phone").await);
         devs.push(s.login(SPS[(i + 1) % 2], u, "tablet").await);
     }
-    let device_of = |k: usize| if k % 2 == 0 { "phone" } else { "tablet" };
+    let device_of = |k: usize| ["phone", "tablet"][k % 2];
 
     // Both shards hold connections, so the fan-out crosses the mesh.
     let deadline = Instant::now() + REPLY;
@@ -149,7 +147,10 @@ async fn group_send_reaches_every_member_device_once_in_seq_order() {
                 &cmid,
                 &format!("d{d} #{j}"),
             );
-            assert!(want.insert(last, m).is_none(), "seq {last} handed out twice");
+            assert!(
+                want.insert(last, m).is_none(),
+                "seq {last} handed out twice"
+            );
         }
     }
     // A business system posts into the group too.
@@ -215,7 +216,13 @@ async fn events_and_messages_share_one_timeline_and_reach_the_right_members() {
     let g = s.put_group("ev", Some("Team"), &[a, b]).await;
     assert_eq!(g["members_count"], 2, "{g}");
     let e = next_entry(&mut a_tab, conv).await;
-    assert_event(&e, conv, 1, 1501, json!({ "name": "Team", "users": [a, b] }));
+    assert_event(
+        &e,
+        conv,
+        1,
+        1501,
+        json!({ "name": "Team", "users": [a, b] }),
+    );
     for cl in [&mut a_phone, &mut bc] {
         assert_eq!(next_entry(cl, conv).await, e, "{}", cl.label);
     }
@@ -330,7 +337,10 @@ async fn events_and_messages_share_one_timeline_and_reach_the_right_members() {
     assert_eq!(r["code"], "no_such_group", "{r}");
     let (st, v) = s.request("GET", "/v1/groups/ev", None).await;
     assert_eq!(st, 404, "{v}");
-    assert!(a_phone.conv_summary(conv).await.is_none(), "dismissed group listed");
+    assert!(
+        a_phone.conv_summary(conv).await.is_none(),
+        "dismissed group listed"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -412,7 +422,13 @@ async fn a_member_removed_during_a_send_stream_gets_nothing_after_its_1508() {
         .iter()
         .find(|e| e["type"] == "event")
         .expect("witness got the 1508");
-    assert_event(removal, conv, seq_of(removal), 1508, json!({ "users": [rm] }));
+    assert_event(
+        removal,
+        conv,
+        seq_of(removal),
+        1508,
+        json!({ "users": [rm] }),
+    );
     let cut = seq_of(removal);
     let before = (RACE_CHUNKS_BEFORE * RACE_CHUNK) as u64 + 1;
     assert!(
@@ -442,6 +458,20 @@ async fn a_member_removed_during_a_send_stream_gets_nothing_after_its_1508() {
         assert_eq!(r["type"], "send_err", "{r}");
         assert_eq!(r["code"], "not_member", "{r}");
     }
+
+    // Added back: the 1509 reaches it, and reads and writes work again.
+    let (st, v) = s.change_members("race", &[rm], &[]).await;
+    assert_eq!(st, 200, "re-add: {v}");
+    let back = next_entry(&mut wc, conv).await;
+    assert_event(&back, conv, max + 1, 1509, json!({ "users": [rm] }));
+    for cl in [&mut r_phone, &mut r_tab] {
+        assert_eq!(next_entry(cl, conv).await, back, "{}", cl.label);
+    }
+    let all = r_tab.sync_all(conv, 0).await;
+    assert_eq!(seqs(&all), (1..=max + 1).collect::<Vec<_>>());
+    let ack = r_phone.send_text("back", conv, "back").await;
+    assert_eq!(ack["seq"], max + 2, "{ack}");
+    assert_eq!(next_entry(&mut r_tab, conv).await["cmid"], "back");
 }
 
 // ---------------------------------------------------------------------------
@@ -456,7 +486,13 @@ async fn non_members_and_unknown_groups_are_refused() {
     s.put_group("priv", None, &[m]).await;
     let conv = "group:priv";
     let mut mc = s.login(Subprotocol::Json, m, "phone").await;
-    mc.sync(conv, 0, None).await;
+    // convs lists a group with nothing but its creation event.
+    let sum = mc.conv_summary(conv).await;
+    assert_eq!(
+        sum,
+        Some(json!({ "conv": conv, "max_seq": 1, "read_seq": 0, "unread": 1 })),
+        "a new group in convs"
+    );
     for sp in SPS {
         let mut xc = s.login(sp, x, &format!("d{}", tag(sp))).await;
         let r = xc.send_msg("x1", conv, "text", json!("hi")).await;
@@ -478,7 +514,10 @@ async fn non_members_and_unknown_groups_are_refused() {
         assert_eq!(r["code"], "no_such_group", "{r}");
         // The connection is fine after all that.
         xc.ping().await;
-        assert!(xc.conv_summary(conv).await.is_none(), "outsider lists the group");
+        assert!(
+            xc.conv_summary(conv).await.is_none(),
+            "outsider lists the group"
+        );
 
         // A member's message does not leak to the outsider.
         mc.send_text(&format!("m{}", tag(sp)), conv, "secret").await;
@@ -569,7 +608,11 @@ async fn large_group_idle_devices_get_rate_limited_notices_active_ones_get_msgs(
 
     // A sync makes a device active in the group.
     let r = active.sync(conv, 0, None).await;
-    assert_eq!(seqs(r["messages"].as_array().expect("messages")), [1], "{r}");
+    assert_eq!(
+        seqs(r["messages"].as_array().expect("messages")),
+        [1],
+        "{r}"
+    );
 
     // One message: the active device gets it in full, idle ones a notice at once.
     let ack = sender.send_text("one", conv, "one").await;
@@ -580,7 +623,11 @@ async fn large_group_idle_devices_get_rate_limited_notices_active_ones_get_msgs(
         notices_until(&mut idle_j, conv, 2, REPLY),
         notices_until(&mut idle_r, conv, 2, REPLY)
     );
-    assert_eq!((fj.len(), fr.len()), (1, 1), "one notice each: {fj:?} {fr:?}");
+    assert_eq!(
+        (fj.len(), fr.len()),
+        (1, 1),
+        "one notice each: {fj:?} {fr:?}"
+    );
 
     // A burst: the active device gets every msg; the idle ones at most one
     // notice per second, the last one carrying the final max seq.
@@ -613,7 +660,10 @@ async fn large_group_idle_devices_get_rate_limited_notices_active_ones_get_msgs(
                 w[0].1,
                 w[1].1
             );
-            assert!(w[1].1["max_seq"].as_u64() > w[0].1["max_seq"].as_u64(), "{label}: max_seq did not grow");
+            assert!(
+                w[1].1["max_seq"].as_u64() > w[0].1["max_seq"].as_u64(),
+                "{label}: max_seq did not grow"
+            );
         }
         let allowed = elapsed.as_secs() as usize + 2;
         assert!(
@@ -636,7 +686,13 @@ async fn large_group_idle_devices_get_rate_limited_notices_active_ones_get_msgs(
     // The notice's promise holds: a sync finds everything...
     let all = idle_j.sync_all(conv, 0).await;
     assert_eq!(seqs(&all), (1..=last).collect::<Vec<_>>());
-    assert_event(&all[0], conv, 1, 1501, json!({ "name": null, "users": ids }));
+    assert_event(
+        &all[0],
+        conv,
+        1,
+        1501,
+        json!({ "name": null, "users": ids }),
+    );
     assert_eq!(all[1], m, "sync returns the pushed object");
     // ...and the sync made that device active: the next message comes in
     // full there, while the other idle device gets a notice.
@@ -654,6 +710,13 @@ async fn large_group_idle_devices_get_rate_limited_notices_active_ones_get_msgs(
         idle_r.quiet(&["receipt"], QUIET),
         sender.quiet(&["receipt"], QUIET)
     );
+    // A read makes a device active too.
+    idle_r.read(conv, last + 1).await;
+    idle_r.ping().await;
+    let ack = sender.send_text("read", conv, "read").await;
+    let m = next_entry(&mut idle_r, conv).await;
+    assert_eq!(m, want_msg(conv, &ack, ids[0], "phone", "read", "read"));
+    idle_r.quiet(&["notice"], QUIET).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -738,7 +801,11 @@ async fn receipts_typing_and_convs_in_a_small_group() {
         })
         .await;
     let sc = cc.conv_summary(conv).await.expect("listed");
-    assert_eq!((sc["read_seq"].clone(), sc["unread"].clone()), (json!(4), json!(0)), "{sc}");
+    assert_eq!(
+        (sc["read_seq"].clone(), sc["unread"].clone()),
+        (json!(4), json!(0)),
+        "{sc}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -753,8 +820,12 @@ async fn group_timeline_and_members_survive_kill_9() {
     s.put_group("dur", Some("dur"), &[a, b]).await;
     let conv = "group:dur";
     let mut ac = s.login(Subprotocol::Json, a, "phone").await;
+    let mut pre = Vec::new();
     for k in 0..5 {
-        ac.send_text(&format!("p{k}"), conv, &format!("pre {k}")).await;
+        pre.push(
+            ac.send_text(&format!("p{k}"), conv, &format!("pre {k}"))
+                .await,
+        );
     }
     let (st, v) = s
         .post_message(json!({ "to": conv, "kind": "text", "body": "sys" }))
@@ -770,7 +841,10 @@ async fn group_timeline_and_members_survive_kill_9() {
 
     let mut ac = s.login(Subprotocol::Rkyv, a, "phone").await;
     let mut bc = s.login(Subprotocol::Json, b, "phone").await;
-    let sum = bc.conv_summary(conv).await.expect("b still lists the group");
+    let sum = bc
+        .conv_summary(conv)
+        .await
+        .expect("b still lists the group");
     assert_eq!(sum["max_seq"], 7, "{sum}");
     // Numbering continues where it was.
     let ack = ac.send_text("post", conv, "post").await;
@@ -780,6 +854,14 @@ async fn group_timeline_and_members_survive_kill_9() {
     let all = bc.sync_all(conv, 0).await;
     assert_eq!(all[..7], before[..], "entries before the crash unchanged");
     assert_eq!(all[7], m);
+    // Deduplication survived: a pre-crash cmid gets its original answer.
+    let again = ac.send_text("p1", conv, "pre 1").await;
+    assert_eq!(
+        (&again["seq"], &again["ts"]),
+        (&pre[1]["seq"], &pre[1]["ts"]),
+        "dedup after restart: {again}"
+    );
+    bc.quiet(&["msg"], QUIET).await;
     // Membership survived too.
     let mut xc = s.login(Subprotocol::Json, x, "phone").await;
     let r = xc.send_msg("x", conv, "text", json!("x")).await;
@@ -828,6 +910,13 @@ async fn sends_over_the_burst_are_rate_limited_and_store_nothing() {
         let ack = ac.send_text(&format!("{}late", tag(sp)), conv, "y").await;
         assert_eq!(ack["seq"], base + 6, "{ack}");
         next_entry(&mut bc, conv).await;
+    }
+    // HTTP sends are not rate limited (docs/PROTOCOL.md).
+    for k in 0..8 {
+        let (st, v) = s
+            .post_message(json!({ "from": a, "to": conv, "kind": "text", "body": format!("h{k}") }))
+            .await;
+        assert_eq!(st, 200, "HTTP send {k}: {v}");
     }
     let m = s.metrics_text().await;
     assert!(

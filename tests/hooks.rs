@@ -63,6 +63,7 @@ struct Hit {
     path: &'static str,
     signature: Option<String>,
     timestamp: Option<String>,
+    content_type: Option<String>,
     body: Vec<u8>,
     /// Status the receiver answered.
     status: u16,
@@ -89,6 +90,12 @@ impl Hit {
             String::from_utf8_lossy(&self.body)
         );
         assert_ne!(sign("other-secret", &self.body), want, "the key matters");
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/json"),
+            "{}: Content-Type",
+            self.path
+        );
         let ts: u64 = self
             .timestamp
             .as_deref()
@@ -121,6 +128,7 @@ fn record(st: &Inner, path: &'static str, headers: &HeaderMap, body: &Bytes, sta
         path,
         signature: h("x-tern-signature"),
         timestamp: h("x-tern-timestamp"),
+        content_type: h("content-type"),
         body: body.to_vec(),
         status,
     };
@@ -296,18 +304,26 @@ async fn webhook_gets_every_event_kind_signed() {
     s.put_group("wh", Some("WH"), &[a, b]).await;
     let ack = ac.send_text("c1", "group:wh", "hi group").await;
     let dm_ack = bc
-        .send_msg("c2", &format!("user:{a}"), "image", json!({ "url": "u", "size": 3 }))
+        .send_msg(
+            "c2",
+            &format!("user:{a}"),
+            "image",
+            json!({ "url": "u", "size": 3 }),
+        )
         .await;
     assert_eq!(dm_ack["type"], "send_ack", "{dm_ack}");
     let (st, sys) = s
-        .post_message(json!({ "to": "group:wh", "kind": "custom", "body": { "k": [1, 2] }, "cmid": "s1" }))
+        .post_message(
+            json!({ "to": "group:wh", "kind": "custom", "body": { "k": [1, 2] }, "cmid": "s1" }),
+        )
         .await;
     assert_eq!(st, 200, "{sys}");
     ac.close().await;
 
     let ev = rx
         .wait_events("all kinds", |ev| {
-            ev.iter().any(|e| e["type"] == "user.offline" && e["user"] == a)
+            ev.iter()
+                .any(|e| e["type"] == "user.offline" && e["user"] == a)
                 && of_type(ev, "message.sent").len() >= 3
         })
         .await;
@@ -315,7 +331,10 @@ async fn webhook_gets_every_event_kind_signed() {
         h.assert_signed();
     }
 
-    let online: Vec<Value> = of_type(&ev, "user.online").into_iter().map(without_ts).collect();
+    let online: Vec<Value> = of_type(&ev, "user.online")
+        .into_iter()
+        .map(without_ts)
+        .collect();
     assert!(
         online.contains(&json!({ "type": "user.online", "user": a, "device": "phone" })),
         "{online:?}"
@@ -324,7 +343,10 @@ async fn webhook_gets_every_event_kind_signed() {
         online.contains(&json!({ "type": "user.online", "user": b, "device": "tablet" })),
         "{online:?}"
     );
-    let offline: Vec<Value> = of_type(&ev, "user.offline").into_iter().map(without_ts).collect();
+    let offline: Vec<Value> = of_type(&ev, "user.offline")
+        .into_iter()
+        .map(without_ts)
+        .collect();
     assert_eq!(
         offline,
         [json!({ "type": "user.offline", "user": a, "device": "phone" })]
@@ -369,9 +391,14 @@ async fn webhook_gets_every_event_kind_signed() {
     s.change_members("wh", &[], &[b]).await;
     s.request("DELETE", "/v1/groups/wh", None).await;
     let ev = rx
-        .wait_events("1508 and 1520", |ev| of_type(ev, "group.changed").len() >= 3)
+        .wait_events("1508 and 1520", |ev| {
+            of_type(ev, "group.changed").len() >= 3
+        })
         .await;
-    let g: Vec<Value> = of_type(&ev, "group.changed").into_iter().map(without_ts).collect();
+    let g: Vec<Value> = of_type(&ev, "group.changed")
+        .into_iter()
+        .map(without_ts)
+        .collect();
     assert_eq!(
         g[1..],
         [
@@ -379,11 +406,21 @@ async fn webhook_gets_every_event_kind_signed() {
             json!({ "type": "group.changed", "group": "wh", "seq": 5, "code": 1520, "data": {} }),
         ]
     );
-    let m = s.metrics_text().await;
-    assert!(
-        metric(&m, "tern_webhook_delivered_total").unwrap_or(0.0) >= ev.len() as f64,
-        "delivered counter:\n{m}"
-    );
+    // The counter moves once the server has read our answer: poll.
+    let deadline = Instant::now() + REPLY;
+    loop {
+        let m = s.metrics_text().await;
+        let n = metric(&m, "tern_webhook_delivered_total").unwrap_or(0.0);
+        if n >= ev.len() as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivered counter {n} < {} events:\n{m}",
+            ev.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -403,6 +440,9 @@ async fn webhook_sends_only_the_subscribed_events() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ev2 = rx.delivered();
     assert_eq!(ev2.len(), ev.len(), "more events: {ev2:#?}");
+    for h in rx.hits("/events") {
+        h.assert_signed();
+    }
     let codes: Vec<&Value> = ev2.iter().map(|e| &e["code"]).collect();
     assert!(
         ev2.iter().all(|e| e["type"] == "group.changed"),
@@ -432,10 +472,13 @@ async fn webhook_retries_a_failed_post_with_the_same_events() {
         h.assert_signed();
     }
     assert_eq!(hits[0].status, 500, "the first POST was answered 500");
-    let failed = hits[0].json()["events"]
-        .as_array()
-        .expect("events")
-        .clone();
+    assert_eq!(hits[1].status, 200, "{hits:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&hits[1].body),
+        String::from_utf8_lossy(&hits[0].body),
+        "a retry carries the same body"
+    );
+    let failed = hits[0].json()["events"].as_array().expect("events").clone();
     assert!(!failed.is_empty(), "empty batch");
     // Everything of the refused batch came again, once accepted.
     for e in &failed {
@@ -487,12 +530,19 @@ async fn before_send_veto_stores_nothing_and_uses_no_seq() {
         assert_eq!(r["type"], "send_err", "{r}");
         assert_eq!(r["code"], "rejected", "{r}");
         assert!(
-            r["message"].as_str().is_some_and(|m| m.contains(VETO_REASON)),
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(VETO_REASON)),
             "the hook's reason reaches the sender: {r}"
         );
         // Media bodies are checked too.
         let r = ac
-            .send_msg(&format!("bad2{t}"), conv, "file", json!({ "name": "forbidden.txt" }))
+            .send_msg(
+                &format!("bad2{t}"),
+                conv,
+                "file",
+                json!({ "name": "forbidden.txt" }),
+            )
             .await;
         assert_eq!(r["code"], "rejected", "{r}");
 
@@ -509,7 +559,10 @@ async fn before_send_veto_stores_nothing_and_uses_no_seq() {
 
         let all = bc.sync_all(conv, base).await;
         let bodies: Vec<&Value> = all.iter().map(|e| &e["body"]).collect();
-        assert_eq!(bodies, [&json!("hello"), &json!("fine"), &json!("rephrased")]);
+        assert_eq!(
+            bodies,
+            [&json!("hello"), &json!("fine"), &json!("rephrased")]
+        );
     }
 
     // Over HTTP the veto is 409 `rejected`, for users and the system alike.
@@ -592,6 +645,12 @@ async fn before_send_unreachable_or_slow_fails_closed() {
         bc.quiet(&["msg"], QUIET).await;
         let all = bc.sync_all("group:fc", 0).await;
         assert_eq!(all.len(), 1, "{url}: only the 1501: {all:?}");
+    }
+    // The slow hook was asked (and answered too late), signed.
+    let slow = rx.hits("/slow");
+    assert_eq!(slow.len(), 2, "the WebSocket and the HTTP send: {slow:?}");
+    for h in &slow {
+        h.assert_signed();
     }
 }
 

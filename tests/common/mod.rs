@@ -1150,12 +1150,10 @@ impl Server {
 /// The value of the series `series` (name plus labels exactly as
 /// exposed, e.g. `tern_connections{shard="0"}`) in Prometheus text.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k.trim() == series).then(|| v.trim().parse::<f64>().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k.trim() == series).then(|| v.trim().parse::<f64>().ok())?
+    })
 }
 
 /// The sum of every series of the family `name` (any labels).
@@ -1185,9 +1183,11 @@ impl Client {
         for i in 0..n {
             let c = conv.to_string();
             let v = self
-                .expect_where(each, &format!("entry {} of {n} in {conv}", i + 1), move |v| {
-                    is_entry_of(v, &c)
-                })
+                .expect_where(
+                    each,
+                    &format!("entry {} of {n} in {conv}", i + 1),
+                    move |v| is_entry_of(v, &c),
+                )
                 .await;
             out.push(v);
         }

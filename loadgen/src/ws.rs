@@ -428,7 +428,7 @@ mod tests {
         // RFC 6455 §1.3.
         assert_eq!(
             accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiXdq+9RWsYqHR1YQqB7Q="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
@@ -436,7 +436,7 @@ mod tests {
     fn handshake_response_checked() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Accept: s3pPLMBiXdq+9RWsYqHR1YQqB7Q=\r\nSec-WebSocket-Protocol: tern.v1.rkyv\r\n\r\n\x81\x00";
+Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: tern.v1.rkyv\r\n\r\n\x81\x00";
         let r = parse_handshake_response(ok, key).unwrap().unwrap();
         assert_eq!(r.subprotocol.as_deref(), Some("tern.v1.rkyv"));
         assert_eq!(&ok[r.consumed..], b"\x81\x00");

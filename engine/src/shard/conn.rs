@@ -137,3 +137,14 @@ impl Conn {
         self.unacked.retain(|u| !(u.seq <= seq && &*u.conv == conv));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The per-connection budget (DESIGN.md): this struct is most of what an
+    /// idle connection costs, so growing it must be a decision.
+    #[test]
+    fn conn_stays_within_its_memory_budget() {
+        assert!(std::mem::size_of::<super::Conn>() <= 288, "Conn is {} bytes", std::mem::size_of::<super::Conn>());
+        assert!(std::mem::size_of::<crate::ws::codec::Assembler>() <= 48);
+    }
+}

@@ -158,19 +158,34 @@ impl Settings {
     pub fn load(a: ServeArgs) -> anyhow::Result<Settings> {
         let f: FileConfig = match &a.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
                 toml::from_str(&text).with_context(|| format!("bad config file {}", p.display()))?
             }
             None => FileConfig::default(),
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let s = Settings {
-            data_dir: a.data_dir.or(f.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
-            ws_addr: a.ws_addr.or(f.ws_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7700))),
-            http_addr: a.http_addr.or(f.http_addr).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7701))),
+            data_dir: a
+                .data_dir
+                .or(f.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            ws_addr: a
+                .ws_addr
+                .or(f.ws_addr)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7700))),
+            http_addr: a
+                .http_addr
+                .or(f.http_addr)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7701))),
             api_key: a.api_key.or(f.api_key),
             shards: a.shards.or(f.shards).unwrap_or(cores),
-            durability: parse_durability(a.durability.as_deref().or(f.durability.as_deref()).unwrap_or("fsync"))?,
+            durability: parse_durability(
+                a.durability
+                    .as_deref()
+                    .or(f.durability.as_deref())
+                    .unwrap_or("fsync"),
+            )?,
             max_frame_bytes: a.max_frame_bytes.or(f.max_frame_bytes).unwrap_or(64 * 1024),
             heartbeat_ms: a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(30_000),
             ack_timeout_ms: a.ack_timeout_ms.or(f.ack_timeout_ms).unwrap_or(10_000),
@@ -178,7 +193,10 @@ impl Settings {
             retention_days: a.retention_days.or(f.retention_days).unwrap_or(30),
             pin_cores: !a.no_pin && f.pin_cores.unwrap_or(true),
             http_body_bytes_max: f.http_body_bytes_max.unwrap_or(1024 * 1024),
-            large_group_threshold: a.large_group_threshold.or(f.large_group_threshold).unwrap_or(500),
+            large_group_threshold: a
+                .large_group_threshold
+                .or(f.large_group_threshold)
+                .unwrap_or(500),
             send_rate_per_s: a.send_rate_per_s.or(f.send_rate_per_s).unwrap_or(50),
             send_burst: a.send_burst.or(f.send_burst).unwrap_or(200),
             log: a.log.or(f.log).unwrap_or_else(|| "info".to_owned()),
@@ -241,7 +259,8 @@ pub fn api_key(s: &Settings) -> anyhow::Result<String> {
     }
     let path = s.data_dir.join("api_key");
     if path.exists() {
-        let k = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let k = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         return Ok(k.trim().to_owned());
     }
     use rand::Rng;
@@ -258,7 +277,10 @@ pub fn token_key(data_dir: &Path) -> anyhow::Result<tern_engine::token::TokenKey
     let path = data_dir.join("token.key");
     if path.exists() {
         let b = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let arr: [u8; 32] = b.as_slice().try_into().map_err(|_| anyhow::anyhow!("{} is not 32 bytes", path.display()))?;
+        let arr: [u8; 32] = b
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{} is not 32 bytes", path.display()))?;
         return Ok(tern_engine::token::TokenKey::from_bytes(arr));
     }
     let k = tern_engine::token::TokenKey::generate().context("cannot generate the token key")?;

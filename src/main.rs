@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "tern", version, about = "Self-hosted instant-messaging push engine")]
+#[command(
+    name = "tern",
+    version,
+    about = "Self-hosted instant-messaging push engine"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -82,14 +86,23 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         dedup_window_ms: cfg.dedup_window_s * 1000,
         retention_ms: cfg.retention_days * 24 * 3600 * 1000,
     })
-    .with_context(|| format!("cannot open the database in {}", cfg.data_dir.join("db").display()))?;
+    .with_context(|| {
+        format!(
+            "cannot open the database in {}",
+            cfg.data_dir.join("db").display()
+        )
+    })?;
 
     // The gateway's runtime comes first: the before-send hook lives on it and
     // the engine needs the hook at start.
     let runtime = tern_gateway_http::Runtime::new().context("cannot start the HTTP runtime")?;
     let mut ecfg = tern_engine::EngineConfig::new(cfg.ws_addr, token_key);
     if let Some(bs) = cfg.before_send.clone() {
-        ecfg.before_send = Some(runtime.before_send_hook(bs).context("bad [before_send] config")?);
+        ecfg.before_send = Some(
+            runtime
+                .before_send_hook(bs)
+                .context("bad [before_send] config")?,
+        );
     }
     let events_rx = if cfg.webhook.is_some() {
         let (tx, rx) = crossbeam_channel::bounded(tern_engine::hooks::EVENT_QUEUE_MAX);
@@ -134,7 +147,10 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     );
 
     let sig = wait_for_stop_signal(&signals);
-    tracing::info!(signal = sig, "stopping: no new connections, finishing in-flight writes");
+    tracing::info!(
+        signal = sig,
+        "stopping: no new connections, finishing in-flight writes"
+    );
     gateway.shutdown();
     engine.shutdown();
     tracing::info!("stopped");

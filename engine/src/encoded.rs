@@ -17,7 +17,10 @@ pub struct Encoded {
 impl Encoded {
     /// Encode `frame` for both subprotocols.
     pub fn both(frame: &ServerFrame) -> Encoded {
-        Encoded { json: ws_frame(Subprotocol::Json, frame), rkyv: ws_frame(Subprotocol::Rkyv, frame) }
+        Encoded {
+            json: ws_frame(Subprotocol::Json, frame),
+            rkyv: ws_frame(Subprotocol::Rkyv, frame),
+        }
     }
 
     /// The bytes for a connection speaking `sp`.

@@ -23,7 +23,10 @@ pub enum StartError {
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start a shard thread: {0}")]
     Thread(std::io::Error),
 }
@@ -43,8 +46,14 @@ impl CommitSink for MeshSink {
             }
             return;
         }
-        if !self.mesh.send_from_outside(reply_to as usize, ShardMsg::Committed(results)) {
-            tracing::error!(shard = reply_to, "commit results could not reach their shard");
+        if !self
+            .mesh
+            .send_from_outside(reply_to as usize, ShardMsg::Committed(results))
+        {
+            tracing::error!(
+                shard = reply_to,
+                "commit results could not reach their shard"
+            );
         }
     }
 }
@@ -84,7 +93,9 @@ impl Engine {
         let mut addr = cfg.ws_addr;
         for _ in 0..n {
             let l = bind_reuseport(addr).map_err(|source| StartError::Listen { addr, source })?;
-            addr = l.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+            addr = l
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
             listeners.push(l);
         }
         let (mesh, inboxes) = Mesh::new(n);
@@ -92,12 +103,26 @@ impl Engine {
         let readers = ReaderPool::start(READER_THREADS);
         let stats = Stats::new(n);
         let pin = cfg.pin_cores;
-        let shared = Arc::new(Shared { cfg, mesh, storage, writer, readers, revoked: RwLock::new(revoked), stats });
+        let shared = Arc::new(Shared {
+            cfg,
+            mesh,
+            storage,
+            writer,
+            readers,
+            revoked: RwLock::new(revoked),
+            stats,
+        });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(n);
-        for (idx, ((inbox, listener), heads)) in inboxes.into_iter().zip(listeners).zip(owners).enumerate() {
+        for (idx, ((inbox, listener), heads)) in
+            inboxes.into_iter().zip(listeners).zip(owners).enumerate()
+        {
             let shared = shared.clone();
-            let core = if pin && !cores.is_empty() { Some(cores[idx % cores.len()]) } else { None };
+            let core = if pin && !cores.is_empty() {
+                Some(cores[idx % cores.len()])
+            } else {
+                None
+            };
             let t = std::thread::Builder::new()
                 .name(format!("tern-shard-{idx}"))
                 .spawn(move || {
@@ -109,13 +134,26 @@ impl Engine {
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }
-        let driver = if monoio::utils::detect_uring() { "io_uring" } else { "epoll" };
-        Ok(Engine { shared, threads, ws_addr: addr, driver })
+        let driver = if monoio::utils::detect_uring() {
+            "io_uring"
+        } else {
+            "epoll"
+        };
+        Ok(Engine {
+            shared,
+            threads,
+            ws_addr: addr,
+            driver,
+        })
     }
 
     /// The door for other threads.
     pub fn handle(&self) -> EngineHandle {
-        EngineHandle { inner: Arc::new(crate::handle_impl::Inner { shared: self.shared.clone() }) }
+        EngineHandle {
+            inner: Arc::new(crate::handle_impl::Inner {
+                shared: self.shared.clone(),
+            }),
+        }
     }
 
     /// The bound WebSocket address.
@@ -135,7 +173,12 @@ impl Engine {
 
     /// Open connections, summed over shards.
     pub fn connections(&self) -> i64 {
-        self.shared.stats.connections.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.shared
+            .stats
+            .connections
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Graceful stop (PROTOCOL.md): stop accepting, finish in-flight writes,

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::sync::Arc;
 
-use tern_proto::{ConvId, DeviceId, Entry, ErrorCode, GroupId, Kind, RawJson, Target, UserId, BODY_BYTES_MAX, ID_BYTES_MAX};
+use tern_proto::{
+    ConvId, DeviceId, Entry, ErrorCode, GroupId, Kind, RawJson, Target, UserId, BODY_BYTES_MAX,
+    ID_BYTES_MAX,
+};
 use tern_storage::{Storage, UserRow};
 
 use crate::handle::*;
@@ -19,7 +22,10 @@ pub(crate) struct Inner {
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
-    EngineError { code, message: message.into() }
+    EngineError {
+        code,
+        message: message.into(),
+    }
 }
 
 fn storage_err(e: tern_storage::StorageError) -> EngineError {
@@ -47,23 +53,32 @@ impl Inner {
         if !queued {
             return Err(err(ErrorCode::Unavailable, "too many reads in flight"));
         }
-        rx.await.map_err(|_| err(ErrorCode::Unavailable, "reader stopped"))
+        rx.await
+            .map_err(|_| err(ErrorCode::Unavailable, "reader stopped"))
     }
 
     pub(crate) async fn send(&self, req: SendRequest) -> Result<SendOk, EngineError> {
-        let system = UserId::parse(SYSTEM_USER).map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+        let system =
+            UserId::parse(SYSTEM_USER).map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
         let sender = req.from.clone().unwrap_or(system);
-        let target = Target::parse(&req.to).map_err(|e| err(ErrorCode::BadRequest, format!("to: {e}")))?;
+        let target =
+            Target::parse(&req.to).map_err(|e| err(ErrorCode::BadRequest, format!("to: {e}")))?;
         let conv = target.conv_for(&sender);
         if let Some(from) = &req.from {
             authorize_send(&sender, &conv).map_err(|(code, m)| err(code, m))?;
             self.check_users_exist(std::slice::from_ref(from)).await?;
         }
         if req.body.as_str().len() > BODY_BYTES_MAX {
-            return Err(err(ErrorCode::TooLarge, format!("body over {BODY_BYTES_MAX} bytes")));
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!("body over {BODY_BYTES_MAX} bytes"),
+            ));
         }
         if req.kind == Kind::Text && !req.body.is_string() {
-            return Err(err(ErrorCode::BadRequest, "a text body must be a JSON string"));
+            return Err(err(
+                ErrorCode::BadRequest,
+                "a text body must be a JSON string",
+            ));
         }
         let (cmid, dedup) = match req.cmid {
             Some(c) if c.is_empty() || c.len() > ID_BYTES_MAX => {
@@ -83,29 +98,60 @@ impl Inner {
             body: req.body,
             reply: ReplyTo::Http(tx),
         };
-        self.shared.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .messages_in
+            .fetch_add(1, Ordering::Relaxed);
         crate::owner::submit(&self.shared, None, job);
-        rx.await.map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))?
+        rx.await
+            .map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))?
     }
 
-    pub(crate) async fn history(&self, conv: &ConvId, after: u64, limit: u32) -> Result<(Vec<Entry>, bool), EngineError> {
+    pub(crate) async fn history(
+        &self,
+        conv: &ConvId,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Entry>, bool), EngineError> {
         let conv = conv.clone();
         let limit = limit.clamp(1, crate::limits::SYNC_LIMIT_MAX) as usize;
-        self.blocking(move |s| s.read_entries(&conv, after, limit)).await?.map_err(storage_err)
+        self.blocking(move |s| s.read_entries(&conv, after, limit))
+            .await?
+            .map_err(storage_err)
     }
 
-    pub(crate) async fn put_user(&self, user: UserId, name: Option<String>, meta: Option<RawJson>) -> Result<UserRecord, EngineError> {
+    pub(crate) async fn put_user(
+        &self,
+        user: UserId,
+        name: Option<String>,
+        meta: Option<RawJson>,
+    ) -> Result<UserRecord, EngineError> {
         if user.as_str() == SYSTEM_USER {
-            return Err(err(ErrorCode::BadRequest, "`system` is reserved for messages from business systems"));
+            return Err(err(
+                ErrorCode::BadRequest,
+                "`system` is reserved for messages from business systems",
+            ));
         }
-        let row = UserRow { user, name, meta_json: meta.map(|m| m.as_str().to_owned()), created_ts: now_ms() };
-        let row = self.blocking(move |s| s.put_user(&row)).await?.map_err(storage_err)?;
+        let row = UserRow {
+            user,
+            name,
+            meta_json: meta.map(|m| m.as_str().to_owned()),
+            created_ts: now_ms(),
+        };
+        let row = self
+            .blocking(move |s| s.put_user(&row))
+            .await?
+            .map_err(storage_err)?;
         record(row)
     }
 
     pub(crate) async fn get_user(&self, user: &UserId) -> Result<Option<UserRecord>, EngineError> {
         let u = user.clone();
-        match self.blocking(move |s| s.get_user(&u)).await?.map_err(storage_err)? {
+        match self
+            .blocking(move |s| s.get_user(&u))
+            .await?
+            .map_err(storage_err)?
+        {
             Some(row) => record(row).map(Some),
             None => Ok(None),
         }
@@ -114,7 +160,10 @@ impl Inner {
     pub(crate) async fn delete_user(&self, user: &UserId) -> Result<bool, EngineError> {
         let u = user.clone();
         let at = now_ms();
-        let existed = self.blocking(move |s| s.delete_user(&u, at)).await?.map_err(storage_err)?;
+        let existed = self
+            .blocking(move |s| s.delete_user(&u, at))
+            .await?
+            .map_err(storage_err)?;
         if existed {
             if let Ok(mut m) = self.shared.revoked.write() {
                 m.insert(user.clone(), at);
@@ -122,24 +171,53 @@ impl Inner {
             let home = home_shard(user, self.shared.mesh.n_shards());
             self.shared.mesh.send_from_outside(
                 home,
-                ShardMsg::Kick { user: user.clone(), device: None, reason: "user_deleted".into(), reply: None },
+                ShardMsg::Kick {
+                    user: user.clone(),
+                    device: None,
+                    reason: "user_deleted".into(),
+                    reply: None,
+                },
             );
         }
         Ok(existed)
     }
 
-    pub(crate) async fn mint_token(&self, user: &UserId, device: Option<DeviceId>, ttl_s: u64) -> Result<MintedToken, EngineError> {
+    pub(crate) async fn mint_token(
+        &self,
+        user: &UserId,
+        device: Option<DeviceId>,
+        ttl_s: u64,
+    ) -> Result<MintedToken, EngineError> {
         let u = user.clone();
-        if !self.blocking(move |s| s.user_exists(&u)).await?.map_err(storage_err)? {
+        if !self
+            .blocking(move |s| s.user_exists(&u))
+            .await?
+            .map_err(storage_err)?
+        {
             return Err(err(ErrorCode::NoSuchUser, format!("no user {user}")));
         }
         // Issued strictly after any revocation of this user, so a user
         // re-created right after a delete gets tokens that work.
-        let revoked_at = self.shared.revoked.read().ok().and_then(|m| m.get(user).copied()).unwrap_or(0);
+        let revoked_at = self
+            .shared
+            .revoked
+            .read()
+            .ok()
+            .and_then(|m| m.get(user).copied())
+            .unwrap_or(0);
         let iat = now_ms().max(revoked_at + 1);
         let ttl_ms = ttl_s.saturating_mul(1000);
-        let token = crate::token::mint(&self.shared.cfg.token_key, user, device.as_ref(), iat, ttl_ms);
-        Ok(MintedToken { token, expires_ts: iat + ttl_ms })
+        let token = crate::token::mint(
+            &self.shared.cfg.token_key,
+            user,
+            device.as_ref(),
+            iat,
+            ttl_ms,
+        );
+        Ok(MintedToken {
+            token,
+            expires_ts: iat + ttl_ms,
+        })
     }
 }
 
@@ -170,23 +248,47 @@ impl Inner {
     async fn group_op(&self, group: &GroupId, op: GroupOp) -> Result<GroupRecord, EngineError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let owner = owner_shard(&ConvId::group(group), self.shared.mesh.n_shards());
-        if !self.shared.mesh.send_from_outside(owner, ShardMsg::GroupOp { group: group.clone(), op, reply: tx }) {
+        if !self.shared.mesh.send_from_outside(
+            owner,
+            ShardMsg::GroupOp {
+                group: group.clone(),
+                op,
+                reply: tx,
+            },
+        ) {
             return Err(err(ErrorCode::Unavailable, "engine busy"));
         }
-        rx.await.map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))?
+        rx.await
+            .map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))?
     }
 
-    pub(crate) async fn put_group(&self, group: GroupId, name: Option<String>, members: Option<Vec<UserId>>) -> Result<GroupRecord, EngineError> {
+    pub(crate) async fn put_group(
+        &self,
+        group: GroupId,
+        name: Option<String>,
+        members: Option<Vec<UserId>>,
+    ) -> Result<GroupRecord, EngineError> {
         if let Some(m) = &members {
             self.check_users_exist(m).await?;
         }
         self.group_op(&group, GroupOp::Put { name, members }).await
     }
 
-    pub(crate) async fn get_group(&self, group: &GroupId) -> Result<Option<GroupRecord>, EngineError> {
+    pub(crate) async fn get_group(
+        &self,
+        group: &GroupId,
+    ) -> Result<Option<GroupRecord>, EngineError> {
         let g = group.clone();
-        let row = self.blocking(move |s| s.get_group(&g)).await?.map_err(storage_err)?;
-        Ok(row.map(|r| GroupRecord { group: r.group, name: r.name, members_count: r.members_count, created_ts: r.created_ts }))
+        let row = self
+            .blocking(move |s| s.get_group(&g))
+            .await?
+            .map_err(storage_err)?;
+        Ok(row.map(|r| GroupRecord {
+            group: r.group,
+            name: r.name,
+            members_count: r.members_count,
+            created_ts: r.created_ts,
+        }))
     }
 
     pub(crate) async fn delete_group(&self, group: &GroupId) -> Result<bool, EngineError> {
@@ -197,21 +299,36 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn change_members(&self, group: &GroupId, add: Vec<UserId>, remove: Vec<UserId>) -> Result<u64, EngineError> {
+    pub(crate) async fn change_members(
+        &self,
+        group: &GroupId,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+    ) -> Result<u64, EngineError> {
         self.check_users_exist(&add).await?;
-        Ok(self.group_op(group, GroupOp::Members { add, remove }).await?.members_count)
+        Ok(self
+            .group_op(group, GroupOp::Members { add, remove })
+            .await?
+            .members_count)
     }
 
-    pub(crate) async fn members(&self, group: &GroupId, after: Option<UserId>, limit: u32) -> Result<MembersPage, EngineError> {
+    pub(crate) async fn members(
+        &self,
+        group: &GroupId,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<MembersPage, EngineError> {
         let g = group.clone();
         let limit = limit.max(1) as usize;
         let page = self
-            .blocking(move |s| -> Result<Option<(Vec<UserId>, bool)>, tern_storage::StorageError> {
-                if s.get_group(&g)?.is_none() {
-                    return Ok(None);
-                }
-                s.members_page(&g, after.as_ref(), limit).map(Some)
-            })
+            .blocking(
+                move |s| -> Result<Option<(Vec<UserId>, bool)>, tern_storage::StorageError> {
+                    if s.get_group(&g)?.is_none() {
+                        return Ok(None);
+                    }
+                    s.members_page(&g, after.as_ref(), limit).map(Some)
+                },
+            )
             .await?
             .map_err(storage_err)?;
         let Some((members, more)) = page else {
@@ -225,22 +342,48 @@ impl Inner {
         self.check_users_exist(std::slice::from_ref(user)).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let home = home_shard(user, self.shared.mesh.n_shards());
-        if !self.shared.mesh.send_from_outside(home, ShardMsg::Presence { user: user.clone(), reply: tx }) {
+        if !self.shared.mesh.send_from_outside(
+            home,
+            ShardMsg::Presence {
+                user: user.clone(),
+                reply: tx,
+            },
+        ) {
             return Err(err(ErrorCode::Unavailable, "engine busy"));
         }
-        let devices = rx.await.map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))?;
-        Ok(Presence { user: user.clone(), online: !devices.is_empty(), devices })
+        let devices = rx
+            .await
+            .map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))?;
+        Ok(Presence {
+            user: user.clone(),
+            online: !devices.is_empty(),
+            devices,
+        })
     }
 
-    pub(crate) async fn kick(&self, user: &UserId, device: Option<DeviceId>, reason: Option<String>) -> Result<usize, EngineError> {
+    pub(crate) async fn kick(
+        &self,
+        user: &UserId,
+        device: Option<DeviceId>,
+        reason: Option<String>,
+    ) -> Result<usize, EngineError> {
         self.check_users_exist(std::slice::from_ref(user)).await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let home = home_shard(user, self.shared.mesh.n_shards());
         let reason = reason.unwrap_or_else(|| "kicked".to_owned());
-        if !self.shared.mesh.send_from_outside(home, ShardMsg::Kick { user: user.clone(), device, reason, reply: Some(tx) }) {
+        if !self.shared.mesh.send_from_outside(
+            home,
+            ShardMsg::Kick {
+                user: user.clone(),
+                device,
+                reason,
+                reply: Some(tx),
+            },
+        ) {
             return Err(err(ErrorCode::Unavailable, "engine busy"));
         }
-        rx.await.map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))
+        rx.await
+            .map_err(|_| err(ErrorCode::Unavailable, "engine stopped"))
     }
 
     pub(crate) fn metrics(&self) -> EngineMetrics {
@@ -255,7 +398,11 @@ impl Inner {
         let fanout_count = cumulative + ld(&st.fanout[FANOUT_BUCKETS.len()]);
         let n = self.shared.mesh.n_shards();
         EngineMetrics {
-            connections_per_shard: st.connections.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            connections_per_shard: st
+                .connections
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
             messages_in: ld(&st.messages_in),
             messages_stored: ld(&st.messages_stored),
             deliveries: ld(&st.deliveries),
@@ -274,8 +421,16 @@ impl Inner {
 
 fn record(row: UserRow) -> Result<UserRecord, EngineError> {
     let meta = match row.meta_json {
-        Some(m) => Some(RawJson::from_text(m).map_err(|e| err(ErrorCode::Unavailable, format!("stored meta: {e}")))?),
+        Some(m) => Some(
+            RawJson::from_text(m)
+                .map_err(|e| err(ErrorCode::Unavailable, format!("stored meta: {e}")))?,
+        ),
         None => None,
     };
-    Ok(UserRecord { user: row.user, name: row.name, meta, created_ts: row.created_ts })
+    Ok(UserRecord {
+        user: row.user,
+        name: row.name,
+        meta,
+        created_ts: row.created_ts,
+    })
 }

@@ -14,13 +14,36 @@ pub const EVENT_QUEUE_MAX: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub enum EngineEvent {
     /// A message was stored (after its durable write).
-    MessageSent { conv: ConvId, seq: u64, from: UserId, device: String, cmid: String, kind: Kind, body: RawJson, ts: u64 },
+    MessageSent {
+        conv: ConvId,
+        seq: u64,
+        from: UserId,
+        device: String,
+        cmid: String,
+        kind: Kind,
+        body: RawJson,
+        ts: u64,
+    },
     /// The first connection of a user came up (or another device did).
-    UserOnline { user: UserId, device: DeviceId, ts: u64 },
+    UserOnline {
+        user: UserId,
+        device: DeviceId,
+        ts: u64,
+    },
     /// A connection of a user went away.
-    UserOffline { user: UserId, device: DeviceId, ts: u64 },
+    UserOffline {
+        user: UserId,
+        device: DeviceId,
+        ts: u64,
+    },
     /// A group event (1501/1502/1504/1508/1509/1520) was stored.
-    GroupChanged { group: tern_proto::GroupId, seq: u64, code: u16, data: RawJson, ts: u64 },
+    GroupChanged {
+        group: tern_proto::GroupId,
+        seq: u64,
+        code: u16,
+        data: RawJson,
+        ts: u64,
+    },
 }
 
 /// A send waiting for the before-send hook's verdict.

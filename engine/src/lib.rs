@@ -21,8 +21,8 @@ pub mod config;
 mod encoded;
 pub mod engine;
 pub mod handle;
-pub mod hooks;
 mod handle_impl;
+pub mod hooks;
 pub mod limits;
 mod mesh;
 mod owner;
@@ -35,8 +35,8 @@ pub mod ws;
 pub use config::EngineConfig;
 pub use engine::{Engine, StartError};
 pub use handle::{
-    EngineError, EngineHandle, EngineMetrics, GroupRecord, MembersPage, MintedToken, Presence, SendOk, SendRequest,
-    UserRecord,
+    EngineError, EngineHandle, EngineMetrics, GroupRecord, MembersPage, MintedToken, Presence,
+    SendOk, SendRequest, UserRecord,
 };
 pub use hooks::{BeforeSend, BeforeSendRequest, EngineEvent, Verdict};
 pub use shared::now_ms;

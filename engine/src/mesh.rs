@@ -99,13 +99,20 @@ pub enum GroupAccess {
 
 /// An administrative group operation (from the HTTP API).
 pub enum GroupOp {
-    Put { name: Option<String>, members: Option<Vec<UserId>> },
+    Put {
+        name: Option<String>,
+        members: Option<Vec<UserId>>,
+    },
     Delete,
-    Members { add: Vec<UserId>, remove: Vec<UserId> },
+    Members {
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+    },
 }
 
 /// What a group operation answers.
-pub type GroupOpReply = tokio::sync::oneshot::Sender<Result<crate::handle::GroupRecord, EngineError>>;
+pub type GroupOpReply =
+    tokio::sync::oneshot::Sender<Result<crate::handle::GroupRecord, EngineError>>;
 
 /// A socket that finished `auth` on another shard and now moves home.
 pub struct Adopt {
@@ -124,15 +131,30 @@ pub enum ShardMsg {
     Push(Push),
     /// A frame for one connection (send_ack, send_err, sync_result, ...),
     /// encoded by the home shard for the connection's subprotocol.
-    Reply { conn: ConnRef, frame: ServerFrame },
+    Reply {
+        conn: ConnRef,
+        frame: ServerFrame,
+    },
     /// Results of a storage batch for this shard's requests.
     Committed(Vec<(u64, Result<(), StorageError>)>),
     /// To a group's owner: check membership, then do it.
-    GroupAccess { conv: ConvId, user: UserId, conn: ConnRef, what: GroupAccess },
+    GroupAccess {
+        conv: ConvId,
+        user: UserId,
+        conn: ConnRef,
+        what: GroupAccess,
+    },
     /// To a group's owner: change it (events sequenced in its timeline).
-    GroupOp { group: tern_proto::GroupId, op: GroupOp, reply: GroupOpReply },
+    GroupOp {
+        group: tern_proto::GroupId,
+        op: GroupOp,
+        reply: GroupOpReply,
+    },
     /// To a user's home shard: its online devices.
-    Presence { user: UserId, reply: tokio::sync::oneshot::Sender<Vec<(DeviceId, u64)>> },
+    Presence {
+        user: UserId,
+        reply: tokio::sync::oneshot::Sender<Vec<(DeviceId, u64)>>,
+    },
     /// Close connections of `user` (one device or all) with `kicked`.
     Kick {
         user: UserId,
@@ -167,7 +189,10 @@ impl Mesh {
         let mut inboxes = Vec::with_capacity(n);
         for _ in 0..n {
             let (tx, rx) = crossbeam_channel::bounded(MESH_INBOX_BATCHES_MAX);
-            doors.push(Door { tx, waker: AtomicWaker::new() });
+            doors.push(Door {
+                tx,
+                waker: AtomicWaker::new(),
+            });
             inboxes.push(Inbox { rx });
         }
         (Arc::new(Mesh { doors }), inboxes)

@@ -21,7 +21,10 @@ use tern_storage::{GroupRow, StorageError, WriteOp, WriteRequest};
 use crate::encoded::Encoded;
 use crate::handle::{EngineError, GroupRecord, SendOk};
 use crate::hooks::{BeforeSendRequest, EngineEvent, Verdict};
-use crate::mesh::{home_shard, owner_shard, ConnRef, GroupAccess, GroupOp, GroupOpReply, ReplyTo, SendJob, ShardMsg};
+use crate::mesh::{
+    home_shard, owner_shard, ConnRef, GroupAccess, GroupOp, GroupOpReply, ReplyTo, SendJob,
+    ShardMsg,
+};
 use crate::shard::Shard;
 use crate::shared::{now_ms, Shared, SYSTEM_USER};
 
@@ -44,16 +47,29 @@ enum Recipients {
     /// A dm's participants.
     Users(Vec<UserId>),
     /// A group's members, partitioned by home shard (shared slices).
-    Parts { parts: Arc<Vec<Arc<[UserId]>>>, n: usize, large: bool },
+    Parts {
+        parts: Arc<Vec<Arc<[UserId]>>>,
+        n: usize,
+        large: bool,
+    },
 }
 
 /// What to do when an entry commits.
 enum Then {
     /// A message: answer the sender (and duplicates waiting on it), tell the
     /// webhooks.
-    Msg { cmid: String, reply: ReplyTo, dedup: Option<DedupKey>, event: Option<Box<EngineEvent>> },
+    Msg {
+        cmid: String,
+        reply: ReplyTo,
+        dedup: Option<DedupKey>,
+        event: Option<Box<EngineEvent>>,
+    },
     /// A group event: answer the HTTP caller after the last event of its op.
-    Event { code: u16, data: RawJson, reply: Option<(GroupOpReply, GroupRecord)> },
+    Event {
+        code: u16,
+        data: RawJson,
+        reply: Option<(GroupOpReply, GroupRecord)>,
+    },
 }
 
 struct PendingAppend {
@@ -90,7 +106,12 @@ impl GroupState {
     }
 
     fn record(&self, group: &GroupId) -> GroupRecord {
-        GroupRecord { group: group.clone(), name: self.name.clone(), members_count: self.members.len() as u64, created_ts: self.created_ts }
+        GroupRecord {
+            group: group.clone(),
+            name: self.name.clone(),
+            members_count: self.members.len() as u64,
+            created_ts: self.created_ts,
+        }
     }
 }
 
@@ -123,15 +144,29 @@ pub(crate) enum ReadRecipients {
 }
 
 /// Store a read position, then push its receipt (see [`PendingRead`]).
-pub(crate) fn store_read(shard: &Shard, user: UserId, conv: ConvId, seq: u64, receipt: PendingRead) -> Result<(), EngineError> {
+pub(crate) fn store_read(
+    shard: &Shard,
+    user: UserId,
+    conv: ConvId,
+    seq: u64,
+    receipt: PendingRead,
+) -> Result<(), EngineError> {
     let token = {
         let mut owner = shard.owner.borrow_mut();
         owner.next_token += 1;
         owner.next_token
     };
-    let req = WriteRequest { reply_to: shard.idx as u32, token, op: WriteOp::SetRead { user, conv, seq } };
+    let req = WriteRequest {
+        reply_to: shard.idx as u32,
+        token,
+        op: WriteOp::SetRead { user, conv, seq },
+    };
     shard.shared.writer.submit(req).map_err(storage_err)?;
-    shard.owner.borrow_mut().pending_reads.insert(token, receipt);
+    shard
+        .owner
+        .borrow_mut()
+        .pending_reads
+        .insert(token, receipt);
     Ok(())
 }
 
@@ -141,7 +176,15 @@ impl Owner {
     pub fn new(heads: impl IntoIterator<Item = (ConvId, u64)>) -> Owner {
         let mut o = Owner::default();
         for (conv, max) in heads {
-            o.convs.insert(conv, ConvSeq { next: max, committed: max, in_flight: 0, poisoned: false });
+            o.convs.insert(
+                conv,
+                ConvSeq {
+                    next: max,
+                    committed: max,
+                    in_flight: 0,
+                    poisoned: false,
+                },
+            );
         }
         o
     }
@@ -156,8 +199,17 @@ fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError
     match to {
         ReplyTo::Conn(c) => {
             let frame = match res {
-                Ok(ok) => ServerFrame::SendAck { cmid: cmid.to_owned(), conv: ok.conv.to_string(), seq: ok.seq, ts: ok.ts },
-                Err(e) => ServerFrame::SendErr { cmid: cmid.to_owned(), code: e.code, message: e.message },
+                Ok(ok) => ServerFrame::SendAck {
+                    cmid: cmid.to_owned(),
+                    conv: ok.conv.to_string(),
+                    seq: ok.seq,
+                    ts: ok.ts,
+                },
+                Err(e) => ServerFrame::SendErr {
+                    cmid: cmid.to_owned(),
+                    code: e.code,
+                    message: e.message,
+                },
             };
             shard.mesh_send(c.shard, ShardMsg::Reply { conn: c, frame });
         }
@@ -168,7 +220,10 @@ fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
-    EngineError { code, message: message.into() }
+    EngineError {
+        code,
+        message: message.into(),
+    }
 }
 
 /// A dm's recipients: its participants other than `system`.
@@ -223,7 +278,11 @@ pub(crate) fn submit(shared: &Arc<Shared>, from_shard: Option<&Shard>, job: Send
                 let e = err(ErrorCode::Rejected, reason);
                 match job.reply {
                     ReplyTo::Conn(c) => {
-                        let frame = ServerFrame::SendErr { cmid: job.cmid, code: e.code, message: e.message };
+                        let frame = ServerFrame::SendErr {
+                            cmid: job.cmid,
+                            code: e.code,
+                            message: e.message,
+                        };
                         mesh.send_from_outside(c.shard, ShardMsg::Reply { conn: c, frame });
                     }
                     ReplyTo::Http(tx) => {
@@ -237,14 +296,23 @@ pub(crate) fn submit(shared: &Arc<Shared>, from_shard: Option<&Shard>, job: Send
 
 /// The group's state, loaded from storage on first use (a blocking point read
 /// plus a members scan, once per group per process).
-fn load_group<'a>(shard: &Shard, owner: &'a mut Owner, g: &GroupId) -> Result<Option<&'a mut GroupState>, EngineError> {
+fn load_group<'a>(
+    shard: &Shard,
+    owner: &'a mut Owner,
+    g: &GroupId,
+) -> Result<Option<&'a mut GroupState>, EngineError> {
     if !owner.groups.contains_key(g) {
         let storage = &shard.shared.storage;
         let state = match storage.get_group(g).map_err(storage_err)? {
             None => None,
             Some(row) => {
                 let members = storage.group_members(g).map_err(storage_err)?;
-                Some(GroupState { name: row.name, created_ts: row.created_ts, members: members.into_iter().collect(), parts: None })
+                Some(GroupState {
+                    name: row.name,
+                    created_ts: row.created_ts,
+                    members: members.into_iter().collect(),
+                    parts: None,
+                })
             }
         };
         owner.groups.insert(g.clone(), state);
@@ -257,7 +325,11 @@ fn storage_err(e: StorageError) -> EngineError {
 }
 
 pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
-    debug_assert_eq!(owner_shard(&job.conv, shard.n_shards()), shard.idx, "send routed to the wrong owner");
+    debug_assert_eq!(
+        owner_shard(&job.conv, shard.n_shards()),
+        shard.idx,
+        "send routed to the wrong owner"
+    );
     let storage = &shard.shared.storage;
     let n = shard.n_shards();
     let recipients = match &job.conv {
@@ -270,7 +342,14 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                 }
                 match storage.user_exists(u) {
                     Ok(true) => {}
-                    Ok(false) => return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NoSuchUser, format!("no user {u}")))),
+                    Ok(false) => {
+                        return reply(
+                            shard,
+                            job.reply,
+                            &job.cmid,
+                            Err(err(ErrorCode::NoSuchUser, format!("no user {u}"))),
+                        )
+                    }
                     Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
                 }
             }
@@ -285,21 +364,40 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                 }
                 Ok(None) => {
                     drop(owner);
-                    return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NoSuchGroup, format!("no group {g}"))));
+                    return reply(
+                        shard,
+                        job.reply,
+                        &job.cmid,
+                        Err(err(ErrorCode::NoSuchGroup, format!("no group {g}"))),
+                    );
                 }
                 Ok(Some(st)) => {
                     if job.from.as_str() != SYSTEM_USER && !st.members.contains(&job.from) {
                         drop(owner);
-                        return reply(shard, job.reply, &job.cmid, Err(err(ErrorCode::NotMember, format!("{} is not in {g}", job.from))));
+                        return reply(
+                            shard,
+                            job.reply,
+                            &job.cmid,
+                            Err(err(
+                                ErrorCode::NotMember,
+                                format!("{} is not in {g}", job.from),
+                            )),
+                        );
                     }
                     let large = st.members.len() > shard.shared.cfg.large_group_threshold;
-                    Recipients::Parts { parts: st.parts(n), n: st.members.len(), large }
+                    Recipients::Parts {
+                        parts: st.parts(n),
+                        n: st.members.len(),
+                        large,
+                    }
                 }
             }
         }
     };
     let now = now_ms();
-    let dedup_key: Option<DedupKey> = job.dedup.then(|| (job.conv.clone(), job.from.clone(), job.cmid.clone()));
+    let dedup_key: Option<DedupKey> = job
+        .dedup
+        .then(|| (job.conv.clone(), job.from.clone(), job.cmid.clone()));
     if let Some(key) = &dedup_key {
         let mut owner = shard.owner.borrow_mut();
         if let Some(w) = owner.dedup_waiters.get_mut(key) {
@@ -309,7 +407,16 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         drop(owner);
         match storage.dedup_lookup(&job.conv, job.from.as_str(), &job.cmid, now) {
             Ok(Some((seq, ts))) => {
-                return reply(shard, job.reply, &job.cmid, Ok(SendOk { conv: job.conv, seq, ts }));
+                return reply(
+                    shard,
+                    job.reply,
+                    &job.cmid,
+                    Ok(SendOk {
+                        conv: job.conv,
+                        seq,
+                        ts,
+                    }),
+                );
             }
             Ok(None) => {}
             Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
@@ -330,16 +437,18 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         ts: now,
     };
     let frame = Arc::new(Encoded::both(&ServerFrame::Msg(msg.clone())));
-    let event = shard.shared.cfg.events.is_some().then(|| Box::new(EngineEvent::MessageSent {
-        conv: job.conv.clone(),
-        seq,
-        from: job.from.clone(),
-        device: msg.device.clone(),
-        cmid: msg.cmid.clone(),
-        kind: msg.kind,
-        body: msg.body.clone(),
-        ts: now,
-    }));
+    let event = shard.shared.cfg.events.is_some().then(|| {
+        Box::new(EngineEvent::MessageSent {
+            conv: job.conv.clone(),
+            seq,
+            from: job.from.clone(),
+            device: msg.device.clone(),
+            cmid: msg.cmid.clone(),
+            kind: msg.kind,
+            body: msg.body.clone(),
+            ts: now,
+        })
+    });
     // The per-user conversation index needs writing once, with the first entry.
     let index_users = match (&recipients, seq) {
         (Recipients::Users(to), 1) => to.clone(),
@@ -348,7 +457,9 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
     let op = WriteOp::Append {
         conv: job.conv.clone(),
         entry: Entry::Msg(msg),
-        dedup: dedup_key.as_ref().map(|(_, u, c)| (u.as_str().to_owned(), c.clone())),
+        dedup: dedup_key
+            .as_ref()
+            .map(|(_, u, c)| (u.as_str().to_owned(), c.clone())),
         index_users,
     };
     let except = match &job.reply {
@@ -356,7 +467,11 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         ReplyTo::Http(_) => None,
     };
     if let Some(key) = &dedup_key {
-        shard.owner.borrow_mut().dedup_waiters.insert(key.clone(), Vec::new());
+        shard
+            .owner
+            .borrow_mut()
+            .dedup_waiters
+            .insert(key.clone(), Vec::new());
     }
     let pending = PendingAppend {
         conv: job.conv,
@@ -365,7 +480,12 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         except,
         recipients,
         frame,
-        then: Then::Msg { cmid: job.cmid, reply: job.reply, dedup: dedup_key, event },
+        then: Then::Msg {
+            cmid: job.cmid,
+            reply: job.reply,
+            dedup: dedup_key,
+            event,
+        },
     };
     write(shard, op, pending);
 }
@@ -392,7 +512,11 @@ fn write(shard: &Shard, op: WriteOp, p: PendingAppend) {
         owner.next_token += 1;
         owner.next_token
     };
-    let req = WriteRequest { reply_to: shard.idx as u32, token, op };
+    let req = WriteRequest {
+        reply_to: shard.idx as u32,
+        token,
+        op,
+    };
     let submitted = shard.shared.writer.submit(req);
     shard.owner.borrow_mut().pending.insert(token, p);
     if let Err(e) = submitted {
@@ -410,8 +534,12 @@ pub(crate) fn on_committed(shard: &Rc<Shard>, results: Vec<(u64, Result<(), Stor
                     continue;
                 }
                 match r.recipients {
-                    ReadRecipients::Users(users) => shard.push_users(users, Some(r.except), r.frame, None),
-                    ReadRecipients::Parts(parts) => shard.push_parts(&parts, Some(r.except), None, r.frame, None, false),
+                    ReadRecipients::Users(users) => {
+                        shard.push_users(users, Some(r.except), r.frame, None)
+                    }
+                    ReadRecipients::Parts(parts) => {
+                        shard.push_parts(&parts, Some(r.except), None, r.frame, None, false)
+                    }
                 }
             }
             None => complete(shard, token, res),
@@ -430,11 +558,18 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
             Then::Msg { dedup: Some(k), .. } => owner.dedup_waiters.remove(k).unwrap_or_default(),
             _ => Vec::new(),
         };
-        let st = owner.convs.get_mut(&p.conv).expect("pending conv has state");
+        let st = owner
+            .convs
+            .get_mut(&p.conv)
+            .expect("pending conv has state");
         st.in_flight -= 1;
         match &res {
             Ok(()) => {
-                assert_eq!(p.seq, st.committed + 1, "seq must be committed +1, in order");
+                assert_eq!(
+                    p.seq,
+                    st.committed + 1,
+                    "seq must be committed +1, in order"
+                );
                 st.committed = p.seq;
             }
             Err(_) => st.poisoned = true,
@@ -468,21 +603,42 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                 }
             };
             stats.fanout(n_recipients as u64);
-            stats.messages_stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            stats
+                .messages_stored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match p.then {
-                Then::Msg { cmid, reply: to, event, .. } => {
+                Then::Msg {
+                    cmid,
+                    reply: to,
+                    event,
+                    ..
+                } => {
                     if let Some(e) = event {
                         shard.shared.emit(*e);
                     }
-                    let ok = SendOk { conv: p.conv.clone(), seq: p.seq, ts: p.ts };
+                    let ok = SendOk {
+                        conv: p.conv.clone(),
+                        seq: p.seq,
+                        ts: p.ts,
+                    };
                     for (w, c) in waiters {
                         reply(shard, w, &c, Ok(ok.clone()));
                     }
                     reply(shard, to, &cmid, Ok(ok));
                 }
-                Then::Event { code, data, reply: answer } => {
+                Then::Event {
+                    code,
+                    data,
+                    reply: answer,
+                } => {
                     if let ConvId::Group(g) = &p.conv {
-                        shard.shared.emit(EngineEvent::GroupChanged { group: g.clone(), seq: p.seq, code, data, ts: p.ts });
+                        shard.shared.emit(EngineEvent::GroupChanged {
+                            group: g.clone(),
+                            seq: p.seq,
+                            code,
+                            data,
+                            ts: p.ts,
+                        });
                     }
                     if let Some((tx, rec)) = answer {
                         let _ = tx.send(Ok(rec));
@@ -494,7 +650,9 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
             tracing::warn!(conv = %p.conv, seq = p.seq, "write failed: {e}");
             let e = storage_err(e);
             match p.then {
-                Then::Msg { cmid, reply: to, .. } => {
+                Then::Msg {
+                    cmid, reply: to, ..
+                } => {
                     for (w, c) in waiters {
                         reply(shard, w, &c, Err(e.clone()));
                     }
@@ -511,12 +669,27 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
 }
 
 fn error_to(shard: &Shard, conn: ConnRef, e: EngineError) {
-    shard.mesh_send(conn.shard, ShardMsg::Reply { conn, frame: ServerFrame::Error { code: e.code, message: e.message } });
+    shard.mesh_send(
+        conn.shard,
+        ShardMsg::Reply {
+            conn,
+            frame: ServerFrame::Error {
+                code: e.code,
+                message: e.message,
+            },
+        },
+    );
 }
 
 /// A group `sync`, `read` or `typing`: membership is checked here, where the
 /// member list lives, so a removed member loses reads and writes at once.
-pub(crate) fn on_group_access(shard: &Rc<Shard>, conv: ConvId, user: UserId, conn: ConnRef, what: GroupAccess) {
+pub(crate) fn on_group_access(
+    shard: &Rc<Shard>,
+    conv: ConvId,
+    user: UserId,
+    conn: ConnRef,
+    what: GroupAccess,
+) {
     let ConvId::Group(g) = &conv else {
         debug_assert!(false, "group access for a dm");
         return;
@@ -532,31 +705,58 @@ pub(crate) fn on_group_access(shard: &Rc<Shard>, conv: ConvId, user: UserId, con
             }
             Ok(None) => {
                 drop(owner);
-                return error_to(shard, conn, err(ErrorCode::NoSuchGroup, format!("no group {g}")));
+                return error_to(
+                    shard,
+                    conn,
+                    err(ErrorCode::NoSuchGroup, format!("no group {g}")),
+                );
             }
             Ok(Some(st)) if !st.members.contains(&user) => {
                 drop(owner);
-                return error_to(shard, conn, err(ErrorCode::NotMember, format!("{user} is not in {g}")));
+                return error_to(
+                    shard,
+                    conn,
+                    err(ErrorCode::NotMember, format!("{user} is not in {g}")),
+                );
             }
             Ok(Some(st)) => (st.parts(n), st.members.len()),
         }
     };
     match what {
-        GroupAccess::Sync { after, limit } => crate::shard::sync_job(shard, conn, conv, after, limit),
+        GroupAccess::Sync { after, limit } => {
+            crate::shard::sync_job(shard, conn, conv, after, limit)
+        }
         GroupAccess::Read { seq } => {
-            let frame = Arc::new(Encoded::both(&ServerFrame::Receipt { conv: conv.to_string(), user: user.as_str().to_owned(), read_seq: seq }));
+            let frame = Arc::new(Encoded::both(&ServerFrame::Receipt {
+                conv: conv.to_string(),
+                user: user.as_str().to_owned(),
+                read_seq: seq,
+            }));
             let recipients = if size <= threshold {
                 ReadRecipients::Parts(parts)
             } else {
                 // Large group: only the reader's other devices.
                 ReadRecipients::Users(vec![user.clone()])
             };
-            if let Err(e) = store_read(shard, user, conv, seq, PendingRead { recipients, except: conn, frame }) {
+            if let Err(e) = store_read(
+                shard,
+                user,
+                conv,
+                seq,
+                PendingRead {
+                    recipients,
+                    except: conn,
+                    frame,
+                },
+            ) {
                 error_to(shard, conn, e);
             }
         }
         GroupAccess::Typing => {
-            let f = Arc::new(Encoded::both(&ServerFrame::Typing { conv: conv.to_string(), user: user.as_str().to_owned() }));
+            let f = Arc::new(Encoded::both(&ServerFrame::Typing {
+                conv: conv.to_string(),
+                user: user.as_str().to_owned(),
+            }));
             shard.push_parts(&parts, Some(conn), Some(user), f, None, false);
         }
     }
@@ -603,30 +803,73 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                 members.dedup();
                 let v: Vec<&str> = members.iter().map(|u| u.as_str()).collect();
                 let data = RawJson::from_value(&serde_json::json!({ "name": name, "users": v }));
-                owner.groups.insert(group.clone(), Some(GroupState { name, created_ts: now, members: HashSet::new(), parts: None }));
-                plans.push(EventPlan { code: 1501, data, add: members, remove: Vec::new(), delete_group: false });
+                owner.groups.insert(
+                    group.clone(),
+                    Some(GroupState {
+                        name,
+                        created_ts: now,
+                        members: HashSet::new(),
+                        parts: None,
+                    }),
+                );
+                plans.push(EventPlan {
+                    code: 1501,
+                    data,
+                    add: members,
+                    remove: Vec::new(),
+                    delete_group: false,
+                });
             }
             (GroupOp::Put { name, members }, true) => {
-                let st = owner.groups.get_mut(&group).and_then(|s| s.as_mut()).expect("exists");
+                let st = owner
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|s| s.as_mut())
+                    .expect("exists");
                 if let Some(n) = name {
                     if st.name.as_deref() != Some(n.as_str()) {
                         st.name = Some(n.clone());
-                        plans.push(EventPlan { code: 1502, data: RawJson::from_value(&serde_json::json!({ "name": n })), add: vec![], remove: vec![], delete_group: false });
+                        plans.push(EventPlan {
+                            code: 1502,
+                            data: RawJson::from_value(&serde_json::json!({ "name": n })),
+                            add: vec![],
+                            remove: vec![],
+                            delete_group: false,
+                        });
                     }
                 }
                 if let Some(list) = members {
                     let new: HashSet<UserId> = list.into_iter().collect();
-                    let mut added: Vec<UserId> = new.iter().filter(|u| !st.members.contains(*u)).cloned().collect();
-                    let mut removed: Vec<UserId> = st.members.iter().filter(|u| !new.contains(*u)).cloned().collect();
+                    let mut added: Vec<UserId> = new
+                        .iter()
+                        .filter(|u| !st.members.contains(*u))
+                        .cloned()
+                        .collect();
+                    let mut removed: Vec<UserId> = st
+                        .members
+                        .iter()
+                        .filter(|u| !new.contains(*u))
+                        .cloned()
+                        .collect();
                     added.sort();
                     removed.sort();
                     push_member_plans(&mut plans, added, removed);
                 }
             }
             (GroupOp::Members { add, remove }, true) => {
-                let st = owner.groups.get_mut(&group).and_then(|s| s.as_ref()).expect("exists");
-                let mut added: Vec<UserId> = add.into_iter().filter(|u| !st.members.contains(u)).collect();
-                let mut removed: Vec<UserId> = remove.into_iter().filter(|u| st.members.contains(u)).collect();
+                let st = owner
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|s| s.as_ref())
+                    .expect("exists");
+                let mut added: Vec<UserId> = add
+                    .into_iter()
+                    .filter(|u| !st.members.contains(u))
+                    .collect();
+                let mut removed: Vec<UserId> = remove
+                    .into_iter()
+                    .filter(|u| st.members.contains(u))
+                    .collect();
                 added.sort();
                 added.dedup();
                 removed.sort();
@@ -634,22 +877,42 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                 push_member_plans(&mut plans, added, removed);
             }
             (GroupOp::Delete, true) => {
-                let st = owner.groups.get(&group).and_then(|s| s.as_ref()).expect("exists");
+                let st = owner
+                    .groups
+                    .get(&group)
+                    .and_then(|s| s.as_ref())
+                    .expect("exists");
                 let mut all: Vec<UserId> = st.members.iter().cloned().collect();
                 all.sort();
-                plans.push(EventPlan { code: 1520, data: RawJson::from_value(&serde_json::json!({})), add: vec![], remove: all, delete_group: true });
+                plans.push(EventPlan {
+                    code: 1520,
+                    data: RawJson::from_value(&serde_json::json!({})),
+                    add: vec![],
+                    remove: all,
+                    delete_group: true,
+                });
             }
             (GroupOp::Members { .. } | GroupOp::Delete, false) => {
                 drop(owner);
-                let _ = reply.send(Err(err(ErrorCode::NoSuchGroup, format!("no group {group}"))));
+                let _ = reply.send(Err(err(
+                    ErrorCode::NoSuchGroup,
+                    format!("no group {group}"),
+                )));
                 return;
             }
         }
     }
     let n_plans = plans.len();
     if n_plans == 0 {
-        let rec = shard.owner.borrow().groups.get(&group).and_then(|s| s.as_ref()).map(|st| st.record(&group));
-        let _ = reply.send(rec.ok_or_else(|| err(ErrorCode::NoSuchGroup, format!("no group {group}"))));
+        let rec = shard
+            .owner
+            .borrow()
+            .groups
+            .get(&group)
+            .and_then(|s| s.as_ref())
+            .map(|st| st.record(&group));
+        let _ =
+            reply.send(rec.ok_or_else(|| err(ErrorCode::NoSuchGroup, format!("no group {group}"))));
         return;
     }
     let mut reply = Some(reply);
@@ -668,7 +931,11 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
         // Apply the change at this seq and pick the recipients.
         let (recipients, row, record) = {
             let mut owner = shard.owner.borrow_mut();
-            let st = owner.groups.get_mut(&group).and_then(|s| s.as_mut()).expect("group state present while its op runs");
+            let st = owner
+                .groups
+                .get_mut(&group)
+                .and_then(|s| s.as_mut())
+                .expect("group state present while its op runs");
             let before = (st.parts(n), st.members.len());
             for u in &plan.add {
                 st.members.insert(u.clone());
@@ -680,15 +947,38 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                 st.parts = None;
             }
             let after = (st.parts(n), st.members.len());
-            let (parts, count) = if plan.code == 1508 || plan.code == 1520 { before } else { after };
+            let (parts, count) = if plan.code == 1508 || plan.code == 1520 {
+                before
+            } else {
+                after
+            };
             let record = st.record(&group);
-            let row = GroupRow { group: group.clone(), name: st.name.clone(), members_count: st.members.len() as u64, created_ts: st.created_ts };
+            let row = GroupRow {
+                group: group.clone(),
+                name: st.name.clone(),
+                members_count: st.members.len() as u64,
+                created_ts: st.created_ts,
+            };
             if plan.delete_group {
                 owner.groups.insert(group.clone(), None);
             }
-            (Recipients::Parts { parts, n: count, large: count > threshold }, row, record)
+            (
+                Recipients::Parts {
+                    parts,
+                    n: count,
+                    large: count > threshold,
+                },
+                row,
+                record,
+            )
         };
-        let ev = Event { conv: conv.to_string(), seq, code: plan.code, data: plan.data.clone(), ts: now };
+        let ev = Event {
+            conv: conv.to_string(),
+            seq,
+            code: plan.code,
+            data: plan.data.clone(),
+            ts: now,
+        };
         let frame = Arc::new(Encoded::both(&ServerFrame::Event(ev.clone())));
         let op = WriteOp::GroupChange {
             conv: conv.clone(),
@@ -698,7 +988,11 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
             remove: plan.remove,
             delete_group: plan.delete_group,
         };
-        let answer = if i + 1 == n_plans { reply.take().map(|r| (r, record)) } else { None };
+        let answer = if i + 1 == n_plans {
+            reply.take().map(|r| (r, record))
+        } else {
+            None
+        };
         let pending = PendingAppend {
             conv: conv.clone(),
             seq,
@@ -706,7 +1000,11 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
             except: None,
             recipients,
             frame,
-            then: Then::Event { code: plan.code, data: plan.data, reply: answer },
+            then: Then::Event {
+                code: plan.code,
+                data: plan.data,
+                reply: answer,
+            },
         };
         write(shard, op, pending);
     }
@@ -714,9 +1012,21 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
 
 fn push_member_plans(plans: &mut Vec<EventPlan>, added: Vec<UserId>, removed: Vec<UserId>) {
     if !added.is_empty() {
-        plans.push(EventPlan { code: 1509, data: users_json(&added), add: added, remove: vec![], delete_group: false });
+        plans.push(EventPlan {
+            code: 1509,
+            data: users_json(&added),
+            add: added,
+            remove: vec![],
+            delete_group: false,
+        });
     }
     if !removed.is_empty() {
-        plans.push(EventPlan { code: 1508, data: users_json(&removed), add: vec![], remove: removed, delete_group: false });
+        plans.push(EventPlan {
+            code: 1508,
+            data: users_json(&removed),
+            add: vec![],
+            remove: removed,
+            delete_group: false,
+        });
     }
 }

@@ -17,11 +17,13 @@ impl ReaderPool {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(READ_JOBS_MAX);
         for i in 0..n {
             let rx = rx.clone();
-            let spawned = std::thread::Builder::new().name(format!("tern-reader-{i}")).spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job();
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("tern-reader-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                });
             if let Err(e) = spawned {
                 tracing::error!("cannot start reader thread: {e}");
             }

@@ -47,12 +47,18 @@ pub struct Stats {
 
 impl Stats {
     pub fn new(n_shards: usize) -> Stats {
-        Stats { connections: (0..n_shards).map(|_| AtomicI64::new(0)).collect(), ..Default::default() }
+        Stats {
+            connections: (0..n_shards).map(|_| AtomicI64::new(0)).collect(),
+            ..Default::default()
+        }
     }
 
     /// Record one fan-out of `n` recipients.
     pub fn fanout(&self, n: u64) {
-        let i = FANOUT_BUCKETS.iter().position(|&b| n <= b).unwrap_or(FANOUT_BUCKETS.len());
+        let i = FANOUT_BUCKETS
+            .iter()
+            .position(|&b| n <= b)
+            .unwrap_or(FANOUT_BUCKETS.len());
         self.fanout[i].fetch_add(1, Ordering::Relaxed);
         self.fanout_sum.fetch_add(n, Ordering::Relaxed);
     }

@@ -8,7 +8,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::net::{TcpListener, TcpStream};
-use tern_proto::{decode_client, ClientFrame, DeviceId, ErrorCode, ServerFrame, Subprotocol, UserId};
+use tern_proto::{
+    decode_client, ClientFrame, DeviceId, ErrorCode, ServerFrame, Subprotocol, UserId,
+};
 
 use super::sockio::{recv_nb, would_block, write_all};
 use super::{close_code, Shard};
@@ -50,7 +52,11 @@ struct Authed {
 async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
     let fd = stream.as_raw_fd();
     let upgraded: Cell<Option<Subprotocol>> = Cell::new(None);
-    let r = monoio::time::timeout(Duration::from_millis(AUTH_TIMEOUT_MS), auth_phase(&shard, &stream, fd, &upgraded)).await;
+    let r = monoio::time::timeout(
+        Duration::from_millis(AUTH_TIMEOUT_MS),
+        auth_phase(&shard, &stream, fd, &upgraded),
+    )
+    .await;
     let authed = match r {
         Ok(Some(a)) => a,
         Ok(None) => return,
@@ -58,14 +64,22 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
             if let Some(sp) = upgraded.get() {
                 let mut out = ws_frame(sp, &unauthorized("no auth within 5 s")).to_vec();
                 out.extend_from_slice(&close_frame(close_code::UNAUTHORIZED, "auth timeout"));
-                let _ = monoio::time::timeout(Duration::from_millis(200), write_all(&stream, fd, &out)).await;
+                let _ =
+                    monoio::time::timeout(Duration::from_millis(200), write_all(&stream, fd, &out))
+                        .await;
             }
             return;
         }
     };
     let home = home_shard(&authed.user, shard.n_shards());
     if home == shard.idx {
-        shard.adopt(stream, authed.user, authed.device, authed.sp, authed.leftover);
+        shard.adopt(
+            stream,
+            authed.user,
+            authed.device,
+            authed.sp,
+            authed.leftover,
+        );
         return;
     }
     // Move the socket: a dup'ed fd travels, this shard's copy closes. (dup,
@@ -73,18 +87,30 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
     // SAFETY: plain syscall on an fd we own.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        tracing::warn!("dup for handoff failed: {}", std::io::Error::last_os_error());
+        tracing::warn!(
+            "dup for handoff failed: {}",
+            std::io::Error::last_os_error()
+        );
         return;
     }
     drop(stream);
     shard.mesh_send(
         home,
-        ShardMsg::Adopt(Adopt { fd: dup, user: authed.user, device: authed.device, sp: authed.sp, leftover: authed.leftover }),
+        ShardMsg::Adopt(Adopt {
+            fd: dup,
+            user: authed.user,
+            device: authed.device,
+            sp: authed.sp,
+            leftover: authed.leftover,
+        }),
     );
 }
 
 fn unauthorized(msg: &str) -> ServerFrame {
-    ServerFrame::Error { code: ErrorCode::Unauthorized, message: msg.to_owned() }
+    ServerFrame::Error {
+        code: ErrorCode::Unauthorized,
+        message: msg.to_owned(),
+    }
 }
 
 /// Read more bytes into `buf`; None on end of stream, error or overflow.
@@ -114,7 +140,12 @@ enum Step {
     Done(Authed),
 }
 
-async fn auth_phase(shard: &Shard, stream: &TcpStream, fd: i32, upgraded: &Cell<Option<Subprotocol>>) -> Option<Authed> {
+async fn auth_phase(
+    shard: &Shard,
+    stream: &TcpStream,
+    fd: i32,
+    upgraded: &Cell<Option<Subprotocol>>,
+) -> Option<Authed> {
     let mut buf: Vec<u8> = Vec::with_capacity(512);
     // 1. The HTTP upgrade.
     let hs = loop {
@@ -126,7 +157,12 @@ async fn auth_phase(shard: &Shard, stream: &TcpStream, fd: i32, upgraded: &Cell<
             Ok(None) => {
                 if read_more(stream, fd, &mut buf).await.is_none() {
                     if buf.len() >= AUTH_PHASE_BYTES_MAX - 2048 {
-                        let _ = write_all(stream, fd, &error_response(&crate::ws::handshake::HandshakeError::TooLarge)).await;
+                        let _ = write_all(
+                            stream,
+                            fd,
+                            &error_response(&crate::ws::handshake::HandshakeError::TooLarge),
+                        )
+                        .await;
                     }
                     return None;
                 }
@@ -137,7 +173,9 @@ async fn auth_phase(shard: &Shard, stream: &TcpStream, fd: i32, upgraded: &Cell<
             }
         }
     };
-    write_all(stream, fd, &accept_response(&hs.key, &hs)).await.ok()?;
+    write_all(stream, fd, &accept_response(&hs.key, &hs))
+        .await
+        .ok()?;
     let sp = hs.subprotocol;
     upgraded.set(Some(sp));
     // 2. Frames until `auth`.
@@ -160,7 +198,9 @@ async fn auth_phase(shard: &Shard, stream: &TcpStream, fd: i32, upgraded: &Cell<
                             encode_frame(OpCode::Pong, p, &mut out);
                             Step::Reply(out)
                         }
-                        Ok(Some(Message::Close(_, _))) => Step::Fail(close_frame(close_code::NORMAL, "")),
+                        Ok(Some(Message::Close(_, _))) => {
+                            Step::Fail(close_frame(close_code::NORMAL, ""))
+                        }
                         Ok(Some(Message::Text(p))) | Ok(Some(Message::Binary(p))) => {
                             let frame = decode_client(sp, p);
                             check_auth(shard, sp, frame, &buf[next..])
@@ -186,7 +226,12 @@ async fn auth_phase(shard: &Shard, stream: &TcpStream, fd: i32, upgraded: &Cell<
 }
 
 /// The first data frame must be a valid `auth`.
-fn check_auth(shard: &Shard, sp: Subprotocol, frame: Result<ClientFrame, tern_proto::DecodeError>, rest: &[u8]) -> Step {
+fn check_auth(
+    shard: &Shard,
+    sp: Subprotocol,
+    frame: Result<ClientFrame, tern_proto::DecodeError>,
+    rest: &[u8],
+) -> Step {
     let fail = |msg: &str| {
         let mut out = ws_frame(sp, &unauthorized(msg)).to_vec();
         out.extend_from_slice(&close_frame(close_code::UNAUTHORIZED, "unauthorized"));
@@ -196,20 +241,32 @@ fn check_auth(shard: &Shard, sp: Subprotocol, frame: Result<ClientFrame, tern_pr
         Ok(ClientFrame::Auth { token, device }) => (token, device),
         Ok(_) => return fail("the first frame must be auth"),
         Err(e) => {
-            let f = ServerFrame::Error { code: ErrorCode::BadRequest, message: e.to_string() };
+            let f = ServerFrame::Error {
+                code: ErrorCode::BadRequest,
+                message: e.to_string(),
+            };
             return Step::Reply(ws_frame(sp, &f).to_vec());
         }
     };
     let Ok(device) = DeviceId::parse(&device) else {
-        let f = ServerFrame::Error { code: ErrorCode::BadRequest, message: "invalid device id".into() };
+        let f = ServerFrame::Error {
+            code: ErrorCode::BadRequest,
+            message: "invalid device id".into(),
+        };
         return Step::Reply(ws_frame(sp, &f).to_vec());
     };
-    let claims = match crate::token::verify(&shard.shared.cfg.token_key, &token, &device, now_ms()) {
+    let claims = match crate::token::verify(&shard.shared.cfg.token_key, &token, &device, now_ms())
+    {
         Ok(c) => c,
         Err(e) => return fail(&format!("bad token: {e}")),
     };
     if shard.shared.is_revoked(&claims.user, claims.iat_ms) {
         return fail("token revoked");
     }
-    Step::Done(Authed { user: claims.user, device, sp, leftover: rest.to_vec() })
+    Step::Done(Authed {
+        user: claims.user,
+        device,
+        sp,
+        leftover: rest.to_vec(),
+    })
 }

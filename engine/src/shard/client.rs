@@ -17,11 +17,18 @@ use crate::owner::{store_read, PendingRead, ReadRecipients};
 use crate::shared::now_ms;
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
-    ServerFrame::Error { code, message: message.into() }
+    ServerFrame::Error {
+        code,
+        message: message.into(),
+    }
 }
 
 fn send_err(cmid: &str, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
-    ServerFrame::SendErr { cmid: cmid.to_owned(), code, message: message.into() }
+    ServerFrame::SendErr {
+        cmid: cmid.to_owned(),
+        code,
+        message: message.into(),
+    }
 }
 
 /// Parse a conv id from a client and check that `user` may use it.
@@ -35,8 +42,15 @@ pub(crate) fn authorize_conv(user: &UserId, conv: &str) -> Result<ConvId, (Error
 /// user's conversation with `system`, which only business systems write.
 pub(crate) fn authorize_send(user: &UserId, conv: &ConvId) -> Result<(), (ErrorCode, String)> {
     authorize(user, conv)?;
-    if user.as_str() != crate::shared::SYSTEM_USER && conv.dm_peer(user).is_some_and(|p| p.as_str() == crate::shared::SYSTEM_USER) {
-        return Err((ErrorCode::NotMember, "the system conversation is read-only".into()));
+    if user.as_str() != crate::shared::SYSTEM_USER
+        && conv
+            .dm_peer(user)
+            .is_some_and(|p| p.as_str() == crate::shared::SYSTEM_USER)
+    {
+        return Err((
+            ErrorCode::NotMember,
+            "the system conversation is read-only".into(),
+        ));
     }
     Ok(())
 }
@@ -52,7 +66,12 @@ pub(crate) fn authorize(user: &UserId, conv: &ConvId) -> Result<(), (ErrorCode, 
     }
 }
 
-pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<ClientFrame, DecodeError>) {
+pub(super) fn on_frame(
+    shard: &Rc<Shard>,
+    slot: u32,
+    gen: u32,
+    frame: Result<ClientFrame, DecodeError>,
+) {
     let (user, device) = match shard.conns.borrow_mut().get_mut(slot, gen) {
         Some(c) => (c.user.clone(), c.device.clone()),
         None => return,
@@ -62,7 +81,11 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
     let frame = match frame {
         Ok(f) => f,
         Err(e) => {
-            let code = if e.is_too_large() { ErrorCode::TooLarge } else { ErrorCode::BadRequest };
+            let code = if e.is_too_large() {
+                ErrorCode::TooLarge
+            } else {
+                ErrorCode::BadRequest
+            };
             match e.cmid() {
                 Some(cmid) => answer(send_err(cmid, code, e.to_string())),
                 None => answer(error(code, e.to_string())),
@@ -79,14 +102,25 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
                 c.touch_group(&conv, now_ms());
             }
         }
-        ClientFrame::Send { cmid, to, kind, body } => {
+        ClientFrame::Send {
+            cmid,
+            to,
+            kind,
+            body,
+        } => {
             if cmid.is_empty() || cmid.len() > tern_proto::ID_BYTES_MAX {
                 let shown: String = cmid.chars().take(64).collect();
-                return answer(send_err(&shown, ErrorCode::BadRequest, "cmid must be 1-64 bytes"));
+                return answer(send_err(
+                    &shown,
+                    ErrorCode::BadRequest,
+                    "cmid must be 1-64 bytes",
+                ));
             }
             let conv = match Target::parse(&to) {
                 Ok(t) => t.conv_for(&user),
-                Err(e) => return answer(send_err(&cmid, ErrorCode::BadRequest, format!("to: {e}"))),
+                Err(e) => {
+                    return answer(send_err(&cmid, ErrorCode::BadRequest, format!("to: {e}")))
+                }
             };
             if let Err((code, msg)) = authorize_send(&user, &conv) {
                 return answer(send_err(&cmid, code, msg));
@@ -101,10 +135,22 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
                 None => return,
             };
             if !allowed {
-                shard.shared.stats.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return answer(send_err(&cmid, ErrorCode::RateLimited, "too many sends; slow down"));
+                shard
+                    .shared
+                    .stats
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return answer(send_err(
+                    &cmid,
+                    ErrorCode::RateLimited,
+                    "too many sends; slow down",
+                ));
             }
-            shard.shared.stats.messages_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shard
+                .shared
+                .stats
+                .messages_in
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let job = SendJob {
                 conv,
                 from: user,
@@ -125,16 +171,32 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
             if !conv.is_dm() {
                 touch(shard, slot, gen, &conv);
                 let owner = owner_shard(&conv, shard.n_shards());
-                return shard.mesh_send(owner, ShardMsg::GroupAccess { conv, user, conn: me, what: GroupAccess::Read { seq } });
+                return shard.mesh_send(
+                    owner,
+                    ShardMsg::GroupAccess {
+                        conv,
+                        user,
+                        conn: me,
+                        what: GroupAccess::Read { seq },
+                    },
+                );
             }
-            let receipt = ServerFrame::Receipt { conv: conv.to_string(), user: user.as_str().to_owned(), read_seq: seq };
+            let receipt = ServerFrame::Receipt {
+                conv: conv.to_string(),
+                user: user.as_str().to_owned(),
+                read_seq: seq,
+            };
             let mut to = vec![user.clone()];
             if let Some(peer) = conv.dm_peer(&user) {
                 if peer != &user {
                     to.push(peer.clone());
                 }
             }
-            let pending = PendingRead { recipients: ReadRecipients::Users(to), except: me, frame: Arc::new(Encoded::both(&receipt)) };
+            let pending = PendingRead {
+                recipients: ReadRecipients::Users(to),
+                except: me,
+                frame: Arc::new(Encoded::both(&receipt)),
+            };
             if let Err(e) = store_read(shard, user, conv, seq, pending) {
                 answer(error(e.code, e.message));
             }
@@ -149,11 +211,22 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
             }
             if !conv.is_dm() {
                 let owner = owner_shard(&conv, shard.n_shards());
-                return shard.mesh_send(owner, ShardMsg::GroupAccess { conv, user, conn: me, what: GroupAccess::Typing });
+                return shard.mesh_send(
+                    owner,
+                    ShardMsg::GroupAccess {
+                        conv,
+                        user,
+                        conn: me,
+                        what: GroupAccess::Typing,
+                    },
+                );
             }
             if let Some(peer) = conv.dm_peer(&user) {
                 if peer != &user {
-                    let f = ServerFrame::Typing { conv: conv.to_string(), user: user.as_str().to_owned() };
+                    let f = ServerFrame::Typing {
+                        conv: conv.to_string(),
+                        user: user.as_str().to_owned(),
+                    };
                     shard.push_users(vec![peer.clone()], None, Arc::new(Encoded::both(&f)), None);
                 }
             }
@@ -167,7 +240,15 @@ pub(super) fn on_frame(shard: &Rc<Shard>, slot: u32, gen: u32, frame: Result<Cli
             if !conv.is_dm() {
                 touch(shard, slot, gen, &conv);
                 let owner = owner_shard(&conv, shard.n_shards());
-                return shard.mesh_send(owner, ShardMsg::GroupAccess { conv, user, conn: me, what: GroupAccess::Sync { after, limit } });
+                return shard.mesh_send(
+                    owner,
+                    ShardMsg::GroupAccess {
+                        conv,
+                        user,
+                        conn: me,
+                        what: GroupAccess::Sync { after, limit },
+                    },
+                );
             }
             sync_job(shard, me, conv, after, limit);
         }
@@ -201,44 +282,64 @@ fn touch(shard: &Shard, slot: u32, gen: u32, conv: &ConvId) {
 /// Answer a `sync` from storage, off the shard (authorisation already done).
 pub(crate) fn sync_job(shard: &Shard, conn: ConnRef, conv: ConvId, after: u64, limit: usize) {
     let storage = shard.shared.storage.clone();
-    read_job(shard, conn, move || match storage.read_entries(&conv, after, limit) {
-        Ok((mut messages, mut has_more)) => {
-            // Stay under the server frame limit (PROTOCOL.md).
-            let mut size = 256;
-            let mut keep = 0;
-            for m in &messages {
-                size += entry_size_estimate(m);
-                if size > SERVER_FRAME_BYTES_MAX {
-                    break;
+    read_job(shard, conn, move || {
+        match storage.read_entries(&conv, after, limit) {
+            Ok((mut messages, mut has_more)) => {
+                // Stay under the server frame limit (PROTOCOL.md).
+                let mut size = 256;
+                let mut keep = 0;
+                for m in &messages {
+                    size += entry_size_estimate(m);
+                    if size > SERVER_FRAME_BYTES_MAX {
+                        break;
+                    }
+                    keep += 1;
                 }
-                keep += 1;
+                if keep < messages.len() {
+                    messages.truncate(keep.max(1));
+                    has_more = true;
+                }
+                ServerFrame::SyncResult {
+                    conv: conv.to_string(),
+                    messages,
+                    has_more,
+                }
             }
-            if keep < messages.len() {
-                messages.truncate(keep.max(1));
-                has_more = true;
-            }
-            ServerFrame::SyncResult { conv: conv.to_string(), messages, has_more }
+            Err(e) => error(ErrorCode::Unavailable, format!("storage: {e}")),
         }
-        Err(e) => error(ErrorCode::Unavailable, format!("storage: {e}")),
     });
 }
 
 /// An upper bound of an entry's encoded size (JSON is the larger encoding).
 fn entry_size_estimate(e: &tern_proto::Entry) -> usize {
     match e {
-        tern_proto::Entry::Msg(m) => 160 + m.conv.len() + m.from.len() + m.device.len() + m.cmid.len() + m.body.as_str().len(),
+        tern_proto::Entry::Msg(m) => {
+            160 + m.conv.len()
+                + m.from.len()
+                + m.device.len()
+                + m.cmid.len()
+                + m.body.as_str().len()
+        }
         tern_proto::Entry::Event(ev) => 120 + ev.conv.len() + ev.data.as_str().len(),
     }
 }
 
 /// Run a storage read off the shard; its answer comes back as a `Reply`.
-pub(crate) fn read_job(shard: &Shard, conn: ConnRef, job: impl FnOnce() -> ServerFrame + Send + 'static) {
+pub(crate) fn read_job(
+    shard: &Shard,
+    conn: ConnRef,
+    job: impl FnOnce() -> ServerFrame + Send + 'static,
+) {
     let mesh = shard.shared.mesh.clone();
     let ok = shard.shared.readers.spawn(Box::new(move || {
         let frame = job();
         mesh.send_from_outside(conn.shard, ShardMsg::Reply { conn, frame });
     }));
     if !ok {
-        shard.send_frame(conn.slot, conn.gen, &error(ErrorCode::Unavailable, "too many reads in flight"));
+        shard.send_frame(
+            conn.slot,
+            conn.gen,
+            &error(ErrorCode::Unavailable, "too many reads in flight"),
+        );
     }
 }

@@ -100,7 +100,12 @@ impl Conn {
                 .unwrap_or(0);
             self.groups.swap_remove(oldest);
         }
-        self.groups.push(GroupTrack { conv: conv.into(), active_ms: 0, notice_ms: 0, notice_pending: None });
+        self.groups.push(GroupTrack {
+            conv: conv.into(),
+            active_ms: 0,
+            notice_ms: 0,
+            notice_pending: None,
+        });
         let last = self.groups.len() - 1;
         &mut self.groups[last]
     }
@@ -114,7 +119,11 @@ impl Conn {
 
     /// Active in `conv` within the window?
     pub fn is_active(&self, conv: &str, now: u64) -> bool {
-        self.groups.iter().any(|g| &*g.conv == conv && g.active_ms != 0 && now.saturating_sub(g.active_ms) < ACTIVE_WINDOW_MS)
+        self.groups.iter().any(|g| {
+            &*g.conv == conv
+                && g.active_ms != 0
+                && now.saturating_sub(g.active_ms) < ACTIVE_WINDOW_MS
+        })
     }
 
     /// Take one send token (refilled at `rate_per_s` up to `burst`).
@@ -144,7 +153,11 @@ mod tests {
     /// idle connection costs, so growing it must be a decision.
     #[test]
     fn conn_stays_within_its_memory_budget() {
-        assert!(std::mem::size_of::<super::Conn>() <= 288, "Conn is {} bytes", std::mem::size_of::<super::Conn>());
+        assert!(
+            std::mem::size_of::<super::Conn>() <= 288,
+            "Conn is {} bytes",
+            std::mem::size_of::<super::Conn>()
+        );
         assert!(std::mem::size_of::<crate::ws::codec::Assembler>() <= 48);
     }
 }

@@ -14,8 +14,8 @@
 //! `.await`.
 
 mod accept;
-pub mod conn;
 mod client;
+pub mod conn;
 pub(crate) use client::{authorize_send, sync_job};
 mod reader;
 pub mod sockio;
@@ -194,21 +194,28 @@ impl Shard {
 
     /// Register an authenticated socket on its home shard; replaces an
     /// existing connection of the same (user, device) (PROTOCOL.md session 4).
-    pub fn adopt(self: &Rc<Self>, stream: TcpStream, user: UserId, device: DeviceId, sp: Subprotocol, leftover: Vec<u8>) {
+    pub fn adopt(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        user: UserId,
+        device: DeviceId,
+        sp: Subprotocol,
+        leftover: Vec<u8>,
+    ) {
         debug_assert_eq!(crate::mesh::home_shard(&user, self.n_shards()), self.idx);
         let _ = stream.set_nodelay(true);
         if self.shutting_down.get() {
             return; // dropping the stream closes it
         }
         // Replace the same device.
-        let old: Vec<(u32, u32)> = self
-            .users
-            .borrow()
-            .get(&user)
-            .cloned()
-            .unwrap_or_default();
+        let old: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
         for (slot, gen) in old {
-            let same = self.conns.borrow_mut().get_mut(slot, gen).map(|c| c.device == device).unwrap_or(false);
+            let same = self
+                .conns
+                .borrow_mut()
+                .get_mut(slot, gen)
+                .map(|c| c.device == device)
+                .unwrap_or(false);
             if same {
                 self.kick(slot, gen, "replaced");
             }
@@ -246,9 +253,17 @@ impl Shard {
             conns.len += 1;
             (slot, gen)
         };
-        self.users.borrow_mut().entry(user.clone()).or_default().push((slot, gen));
+        self.users
+            .borrow_mut()
+            .entry(user.clone())
+            .or_default()
+            .push((slot, gen));
         self.shared.stats.connections[self.idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.shared.emit(crate::hooks::EngineEvent::UserOnline { user: user.clone(), device: device.clone(), ts: now });
+        self.shared.emit(crate::hooks::EngineEvent::UserOnline {
+            user: user.clone(),
+            device: device.clone(),
+            ts: now,
+        });
         let ok = ServerFrame::AuthOk {
             user: user.as_str().to_owned(),
             device: device.as_str().to_owned(),
@@ -257,14 +272,23 @@ impl Shard {
             ts: now,
         };
         self.send_frame(slot, gen, &ok);
-        self.timers.borrow_mut().arm(now + self.shared.cfg.heartbeat_ms, TimerEntry { slot, gen, kind: TimerKind::Idle });
+        self.timers.borrow_mut().arm(
+            now + self.shared.cfg.heartbeat_ms,
+            TimerEntry {
+                slot,
+                gen,
+                kind: TimerKind::Idle,
+            },
+        );
         let me = self.clone();
         monoio::spawn(reader::run(me, slot, gen, stream, leftover));
     }
 
     /// Called by the connection's reader task when it ends.
     pub fn remove_conn(&self, slot: u32, gen: u32) {
-        let Some(c) = self.conns.borrow_mut().remove(slot, gen) else { return };
+        let Some(c) = self.conns.borrow_mut().remove(slot, gen) else {
+            return;
+        };
         let mut users = self.users.borrow_mut();
         if let Some(v) = users.get_mut(&c.user) {
             v.retain(|&(s, g)| !(s == slot && g == gen));
@@ -273,12 +297,20 @@ impl Shard {
             }
         }
         self.shared.stats.connections[self.idx].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.shared.emit(crate::hooks::EngineEvent::UserOffline { user: c.user.clone(), device: c.device.clone(), ts: now_ms() });
+        self.shared.emit(crate::hooks::EngineEvent::UserOffline {
+            user: c.user.clone(),
+            device: c.device.clone(),
+            ts: now_ms(),
+        });
         // `c.stream` drops here (after the reader's clone): the fd closes.
     }
 
     pub fn conn_ref(&self, slot: u32, gen: u32) -> ConnRef {
-        ConnRef { shard: self.idx, slot, gen }
+        ConnRef {
+            shard: self.idx,
+            slot,
+            gen,
+        }
     }
 
     /// Encode `frame` for the connection's subprotocol and queue it.
@@ -295,7 +327,9 @@ impl Shard {
     pub fn enqueue(&self, slot: u32, gen: u32, bytes: Arc<[u8]>) {
         let over = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot, gen) else { return };
+            let Some(c) = conns.get_mut(slot, gen) else {
+                return;
+            };
             if c.closing != Closing::Open {
                 return;
             }
@@ -318,7 +352,9 @@ impl Shard {
     pub fn close(&self, slot: u32, gen: u32, code: u16, reason: &str) {
         {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot, gen) else { return };
+            let Some(c) = conns.get_mut(slot, gen) else {
+                return;
+            };
             if c.closing != Closing::Open {
                 return;
             }
@@ -331,9 +367,14 @@ impl Shard {
                 self.dirty.borrow_mut().push((slot, gen));
             }
         }
-        self.timers
-            .borrow_mut()
-            .arm(now_ms() + CLOSE_GRACE_MS, TimerEntry { slot, gen, kind: TimerKind::CloseGrace });
+        self.timers.borrow_mut().arm(
+            now_ms() + CLOSE_GRACE_MS,
+            TimerEntry {
+                slot,
+                gen,
+                kind: TimerKind::CloseGrace,
+            },
+        );
         self.flush.notify();
     }
 
@@ -346,7 +387,13 @@ impl Shard {
 
     /// `kicked` then close 4409.
     pub fn kick(&self, slot: u32, gen: u32, reason: &str) {
-        self.send_frame(slot, gen, &ServerFrame::Kicked { reason: reason.to_owned() });
+        self.send_frame(
+            slot,
+            gen,
+            &ServerFrame::Kicked {
+                reason: reason.to_owned(),
+            },
+        );
         self.close(slot, gen, close_code::KICKED, reason);
     }
 
@@ -359,7 +406,9 @@ impl Shard {
     /// [`WRITEV_IOVECS_MAX`] frames, repeated while the socket takes it.
     fn write_conn(self: &Rc<Self>, slot: u32, gen: u32) {
         let mut conns = self.conns.borrow_mut();
-        let Some(c) = conns.get_mut(slot, gen) else { return };
+        let Some(c) = conns.get_mut(slot, gen) else {
+            return;
+        };
         c.dirty = false;
         if c.write_waiting {
             return;
@@ -458,14 +507,20 @@ impl Shard {
             if p.skip_user.as_ref() == Some(user) {
                 continue;
             }
-            let Some(slots) = users.get(user) else { continue };
+            let Some(slots) = users.get(user) else {
+                continue;
+            };
             for &(slot, gen) in slots {
                 if p.except == Some(self.conn_ref(slot, gen)) {
                     continue;
                 }
                 if p.large {
                     if let Some((conv, seq)) = &p.track {
-                        let active = self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| c.is_active(conv, now));
+                        let active = self
+                            .conns
+                            .borrow_mut()
+                            .get_mut(slot, gen)
+                            .is_some_and(|c| c.is_active(conv, now));
                         if !active {
                             self.notice(slot, gen, conv, *seq, now);
                             continue;
@@ -482,7 +537,9 @@ impl Shard {
     fn notice(&self, slot: u32, gen: u32, conv: &Arc<str>, max_seq: u64, now: u64) {
         let send_now = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot, gen) else { return };
+            let Some(c) = conns.get_mut(slot, gen) else {
+                return;
+            };
             let t = c.group_track(conv);
             if now.saturating_sub(t.notice_ms) >= conn::NOTICE_INTERVAL_MS {
                 t.notice_ms = now;
@@ -493,7 +550,14 @@ impl Shard {
                 t.notice_pending = Some(t.notice_pending.map_or(max_seq, |m| m.max(max_seq)));
                 if !was_pending {
                     let at = t.notice_ms + conn::NOTICE_INTERVAL_MS;
-                    self.timers.borrow_mut().arm(at, TimerEntry { slot, gen, kind: TimerKind::Notice });
+                    self.timers.borrow_mut().arm(
+                        at,
+                        TimerEntry {
+                            slot,
+                            gen,
+                            kind: TimerKind::Notice,
+                        },
+                    );
                 }
                 false
             }
@@ -504,18 +568,43 @@ impl Shard {
     }
 
     fn send_notice(&self, slot: u32, gen: u32, conv: &str, max_seq: u64) {
-        self.shared.stats.notices.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.send_frame(slot, gen, &ServerFrame::Notice { conv: conv.to_owned(), max_seq });
+        self.shared
+            .stats
+            .notices
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.send_frame(
+            slot,
+            gen,
+            &ServerFrame::Notice {
+                conv: conv.to_owned(),
+                max_seq,
+            },
+        );
     }
 
-    fn push_to(&self, slot: u32, gen: u32, frame: &Encoded, track: Option<&(Arc<str>, u64)>, now: u64) {
+    fn push_to(
+        &self,
+        slot: u32,
+        gen: u32,
+        frame: &Encoded,
+        track: Option<&(Arc<str>, u64)>,
+        now: u64,
+    ) {
         let (bytes, arm, too_many) = {
             let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot, gen) else { return };
+            let Some(c) = conns.get_mut(slot, gen) else {
+                return;
+            };
             let bytes = frame.for_sp(c.sp).clone();
             let mut arm = false;
             if let Some((conv, seq)) = track {
-                c.unacked.push_back(Unacked { conv: conv.clone(), seq: *seq, frame: bytes.clone(), sent_ms: now, tries: 0 });
+                c.unacked.push_back(Unacked {
+                    conv: conv.clone(),
+                    seq: *seq,
+                    frame: bytes.clone(),
+                    sent_ms: now,
+                    tries: 0,
+                });
                 if !c.ack_timer_armed {
                     c.ack_timer_armed = true;
                     arm = true;
@@ -524,12 +613,20 @@ impl Shard {
             (bytes, arm, c.unacked.len() > UNACKED_MAX)
         };
         if arm {
-            self.timers
-                .borrow_mut()
-                .arm(now + self.shared.cfg.ack_timeout_ms, TimerEntry { slot, gen, kind: TimerKind::Ack });
+            self.timers.borrow_mut().arm(
+                now + self.shared.cfg.ack_timeout_ms,
+                TimerEntry {
+                    slot,
+                    gen,
+                    kind: TimerKind::Ack,
+                },
+            );
         }
         self.enqueue(slot, gen, bytes);
-        self.shared.stats.deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .stats
+            .deliveries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if too_many {
             self.close(slot, gen, close_code::TIMEOUT, "slow consumer");
         }
@@ -537,7 +634,13 @@ impl Shard {
 
     /// Push `frame` to `users` wherever their home shards are: one mesh item
     /// per home shard.
-    pub fn push_users(&self, users: Vec<UserId>, except: Option<ConnRef>, frame: Arc<Encoded>, track: Option<(Arc<str>, u64)>) {
+    pub fn push_users(
+        &self,
+        users: Vec<UserId>,
+        except: Option<ConnRef>,
+        frame: Arc<Encoded>,
+        track: Option<(Arc<str>, u64)>,
+    ) {
         let n = self.n_shards();
         let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
         for u in users {
@@ -546,7 +649,17 @@ impl Shard {
         }
         for (h, us) in by_home.into_iter().enumerate() {
             if !us.is_empty() {
-                self.mesh_send(h, ShardMsg::Push(Push { users: us.into(), except, skip_user: None, frame: frame.clone(), track: track.clone(), large: false }));
+                self.mesh_send(
+                    h,
+                    ShardMsg::Push(Push {
+                        users: us.into(),
+                        except,
+                        skip_user: None,
+                        frame: frame.clone(),
+                        track: track.clone(),
+                        large: false,
+                    }),
+                );
             }
         }
     }
@@ -566,14 +679,17 @@ impl Shard {
         debug_assert_eq!(parts.len(), self.n_shards());
         for (h, us) in parts.iter().enumerate() {
             if !us.is_empty() {
-                self.mesh_send(h, ShardMsg::Push(Push {
-                    users: us.clone(),
-                    except,
-                    skip_user: skip_user.clone(),
-                    frame: frame.clone(),
-                    track: track.clone(),
-                    large,
-                }));
+                self.mesh_send(
+                    h,
+                    ShardMsg::Push(Push {
+                        users: us.clone(),
+                        except,
+                        skip_user: skip_user.clone(),
+                        frame: frame.clone(),
+                        track: track.clone(),
+                        large,
+                    }),
+                );
             }
         }
     }
@@ -590,7 +706,9 @@ impl Shard {
                 let next;
                 {
                     let mut conns = self.conns.borrow_mut();
-                    let Some(c) = conns.get_mut(e.slot, e.gen) else { return };
+                    let Some(c) = conns.get_mut(e.slot, e.gen) else {
+                        return;
+                    };
                     let silent = now.saturating_sub(c.last_rx_ms);
                     if silent >= 2 * hb {
                         dead = true;
@@ -622,7 +740,9 @@ impl Shard {
                 let mut next = None;
                 {
                     let mut conns = self.conns.borrow_mut();
-                    let Some(c) = conns.get_mut(e.slot, e.gen) else { return };
+                    let Some(c) = conns.get_mut(e.slot, e.gen) else {
+                        return;
+                    };
                     // Bounded by UNACKED_MAX.
                     for u in c.unacked.iter_mut() {
                         if u.sent_ms + ack_timeout <= now {
@@ -644,7 +764,10 @@ impl Shard {
                     return;
                 }
                 for f in resend {
-                    self.shared.stats.redeliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .redeliveries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.enqueue(e.slot, e.gen, f);
                 }
                 if let Some(at) = next {
@@ -657,7 +780,9 @@ impl Shard {
                 let mut next: Option<u64> = None;
                 {
                     let mut conns = self.conns.borrow_mut();
-                    let Some(c) = conns.get_mut(e.slot, e.gen) else { return };
+                    let Some(c) = conns.get_mut(e.slot, e.gen) else {
+                        return;
+                    };
                     for t in c.groups.iter_mut() {
                         if let Some(max_seq) = t.notice_pending {
                             let at = t.notice_ms + conn::NOTICE_INTERVAL_MS;
@@ -688,7 +813,8 @@ impl Shard {
             ShardMsg::Adopt(a) => {
                 // SAFETY: the fd was dup'ed for us by the accepting shard and
                 // is owned by nobody else.
-                let std = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
+                let std =
+                    unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
                 match TcpStream::from_std(std) {
                     Ok(s) => self.adopt(s, a.user, a.device, a.sp, a.leftover),
                     Err(e) => tracing::warn!("adopting a socket failed: {e}"),
@@ -697,10 +823,18 @@ impl Shard {
             ShardMsg::Send(job) => crate::owner::on_send(self, job),
             ShardMsg::Committed(results) => crate::owner::on_committed(self, results),
             ShardMsg::Push(p) => self.on_push(p),
-            ShardMsg::GroupAccess { conv, user, conn, what } => crate::owner::on_group_access(self, conv, user, conn, what),
-            ShardMsg::GroupOp { group, op, reply } => crate::owner::on_group_op(self, group, op, reply),
+            ShardMsg::GroupAccess {
+                conv,
+                user,
+                conn,
+                what,
+            } => crate::owner::on_group_access(self, conv, user, conn, what),
+            ShardMsg::GroupOp { group, op, reply } => {
+                crate::owner::on_group_op(self, group, op, reply)
+            }
             ShardMsg::Presence { user, reply } => {
-                let slots: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
+                let slots: Vec<(u32, u32)> =
+                    self.users.borrow().get(&user).cloned().unwrap_or_default();
                 let mut conns = self.conns.borrow_mut();
                 let devices = slots
                     .into_iter()
@@ -716,8 +850,14 @@ impl Shard {
                 debug_assert_eq!(conn.shard, self.idx);
                 self.send_frame(conn.slot, conn.gen, &frame);
             }
-            ShardMsg::Kick { user, device, reason, reply } => {
-                let slots: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
+            ShardMsg::Kick {
+                user,
+                device,
+                reason,
+                reply,
+            } => {
+                let slots: Vec<(u32, u32)> =
+                    self.users.borrow().get(&user).cloned().unwrap_or_default();
                 let mut n = 0;
                 for (slot, gen) in slots {
                     let hit = self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| {
@@ -768,7 +908,13 @@ impl Shard {
 }
 
 /// The shard thread's body: runtime, tasks, until shutdown completes.
-pub(crate) fn run(idx: ShardIdx, shared: Arc<Shared>, inbox: Inbox, listener: std::net::TcpListener, owner: Owner) {
+pub(crate) fn run(
+    idx: ShardIdx,
+    shared: Arc<Shared>,
+    inbox: Inbox,
+    listener: std::net::TcpListener,
+    owner: Owner,
+) {
     let body = async move {
         let shard = Rc::new(Shard::new(idx, shared, owner));
         match monoio::net::TcpListener::from_std(listener) {
@@ -789,12 +935,19 @@ pub(crate) fn run(idx: ShardIdx, shared: Arc<Shared>, inbox: Inbox, listener: st
     };
     let entries = 4096;
     if monoio::utils::detect_uring() {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(entries).enable_timer().build() {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
             Ok(mut rt) => return rt.block_on(body),
             Err(e) => tracing::warn!(shard = idx, "io_uring runtime failed ({e}); using epoll"),
         }
     }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
         Ok(mut rt) => rt.block_on(body),
         Err(e) => tracing::error!(shard = idx, "cannot build a runtime: {e}"),
     }
@@ -812,7 +965,9 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
         })
         .await;
         for _ in 0..INBOX_BATCHES_PER_PASS_MAX {
-            let Ok(batch) = inbox.rx.try_recv() else { break };
+            let Ok(batch) = inbox.rx.try_recv() else {
+                break;
+            };
             for msg in batch {
                 shard.on_msg(msg);
             }

@@ -12,7 +12,9 @@ use super::conn::Closing;
 use super::sockio::{recv_nb, would_block};
 use super::{close_code, Shard};
 use crate::shared::now_ms;
-use crate::ws::codec::{check_client_header, close_frame, encode_frame, parse_client_frame, Message, OpCode, WsError};
+use crate::ws::codec::{
+    check_client_header, close_frame, encode_frame, parse_client_frame, Message, OpCode, WsError,
+};
 
 /// Reads per readiness wakeup before yielding to other connections.
 const READS_PER_WAKE_MAX: usize = 4;
@@ -25,7 +27,13 @@ pub(super) enum Action {
     Fatal(WsError),
 }
 
-pub(super) async fn run(shard: Rc<Shard>, slot: u32, gen: u32, stream: Rc<TcpStream>, mut leftover: Vec<u8>) {
+pub(super) async fn run(
+    shard: Rc<Shard>,
+    slot: u32,
+    gen: u32,
+    stream: Rc<TcpStream>,
+    mut leftover: Vec<u8>,
+) {
     let fd = stream.as_raw_fd();
     // The actions buffer is the shard's, borrowed per read: an idle
     // connection's task holds no Vec capacity.
@@ -88,7 +96,9 @@ fn finish(shard: &Rc<Shard>, slot: u32, gen: u32) {
 fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut Vec<Action>) {
     let max = shard.shared.cfg.frame_bytes_max;
     let mut conns = shard.conns.borrow_mut();
-    let Some(c) = conns.get_mut(slot, gen) else { return };
+    let Some(c) = conns.get_mut(slot, gen) else {
+        return;
+    };
     c.last_rx_ms = now_ms();
     c.pinged = false;
     let mut partial = std::mem::take(&mut c.partial);
@@ -174,7 +184,11 @@ fn dispatch(shard: &Rc<Shard>, slot: u32, gen: u32, actions: &mut Vec<Action>) -
             }
             Action::Close(code) => {
                 // Answer a client's close (or finish ours) and end.
-                let closing = shard.conns.borrow_mut().get_mut(slot, gen).map(|c| c.closing);
+                let closing = shard
+                    .conns
+                    .borrow_mut()
+                    .get_mut(slot, gen)
+                    .map(|c| c.closing);
                 if closing == Some(Closing::Open) {
                     let echo = match code {
                         Some(c) => c,

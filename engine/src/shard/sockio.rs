@@ -47,7 +47,11 @@ pub fn would_block(e: &io::Error) -> bool {
 
 /// Write all of `bytes`, waiting for writability as needed (handshake phase
 /// only: a few hundred bytes).
-pub async fn write_all(stream: &monoio::net::TcpStream, fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+pub async fn write_all(
+    stream: &monoio::net::TcpStream,
+    fd: RawFd,
+    mut bytes: &[u8],
+) -> io::Result<()> {
     // Bounded: each pass either writes >= 1 byte or waits for writability.
     while !bytes.is_empty() {
         match sendv_nb(fd, &[IoSlice::new(bytes)]) {

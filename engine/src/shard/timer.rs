@@ -37,7 +37,10 @@ pub struct TimerWheel {
 
 impl TimerWheel {
     pub fn new(now_ms: u64) -> Self {
-        TimerWheel { slots: (0..TIMER_SLOTS).map(|_| Vec::new()).collect(), cur_tick: now_ms / TIMER_TICK_MS }
+        TimerWheel {
+            slots: (0..TIMER_SLOTS).map(|_| Vec::new()).collect(),
+            cur_tick: now_ms / TIMER_TICK_MS,
+        }
     }
 
     /// Arm `e` for `at_ms` (rounded up to the next tick; never in the past).
@@ -52,7 +55,9 @@ impl TimerWheel {
     pub fn expire(&mut self, now_ms: u64, out: &mut Vec<TimerEntry>) {
         let now_tick = now_ms / TIMER_TICK_MS;
         // Bounded: at most one revolution per call.
-        let n_ticks = now_tick.saturating_sub(self.cur_tick).min(TIMER_SLOTS as u64);
+        let n_ticks = now_tick
+            .saturating_sub(self.cur_tick)
+            .min(TIMER_SLOTS as u64);
         for _ in 0..n_ticks {
             self.cur_tick += 1;
             out.append(&mut self.slots[(self.cur_tick as usize) & (TIMER_SLOTS - 1)]);
@@ -66,7 +71,11 @@ mod tests {
     use super::*;
 
     fn e(slot: u32) -> TimerEntry {
-        TimerEntry { slot, gen: 0, kind: TimerKind::Idle }
+        TimerEntry {
+            slot,
+            gen: 0,
+            kind: TimerKind::Idle,
+        }
     }
 
     #[test]

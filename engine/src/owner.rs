@@ -151,11 +151,7 @@ pub(crate) fn store_read(
     seq: u64,
     receipt: PendingRead,
 ) -> Result<(), EngineError> {
-    let token = {
-        let mut owner = shard.owner.borrow_mut();
-        owner.next_token += 1;
-        owner.next_token
-    };
+    let token = shard.owner.borrow_mut().token();
     let req = WriteRequest {
         reply_to: shard.idx as u32,
         token,
@@ -187,6 +183,12 @@ impl Owner {
             );
         }
         o
+    }
+
+    /// A fresh token naming one storage request of this shard.
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
     }
 
     pub fn in_flight(&self) -> usize {
@@ -507,11 +509,7 @@ fn next_seq(shard: &Shard, conv: &ConvId) -> Result<u64, EngineError> {
 /// [`on_committed`]. A refused submit fails the entry at once (and is
 /// treated like a failed write for the conversation's numbering).
 fn write(shard: &Shard, op: WriteOp, p: PendingAppend) {
-    let token = {
-        let mut owner = shard.owner.borrow_mut();
-        owner.next_token += 1;
-        owner.next_token
-    };
+    let token = shard.owner.borrow_mut().token();
     let req = WriteRequest {
         reply_to: shard.idx as u32,
         token,

@@ -170,16 +170,7 @@ pub(super) fn on_frame(
             };
             if !conv.is_dm() {
                 touch(shard, slot, gen, &conv);
-                let owner = owner_shard(&conv, shard.n_shards());
-                return shard.mesh_send(
-                    owner,
-                    ShardMsg::GroupAccess {
-                        conv,
-                        user,
-                        conn: me,
-                        what: GroupAccess::Read { seq },
-                    },
-                );
+                return to_group_owner(shard, conv, user, me, GroupAccess::Read { seq });
             }
             let receipt = ServerFrame::Receipt {
                 conv: conv.to_string(),
@@ -210,16 +201,7 @@ pub(super) fn on_frame(
                 return answer(error(code, msg));
             }
             if !conv.is_dm() {
-                let owner = owner_shard(&conv, shard.n_shards());
-                return shard.mesh_send(
-                    owner,
-                    ShardMsg::GroupAccess {
-                        conv,
-                        user,
-                        conn: me,
-                        what: GroupAccess::Typing,
-                    },
-                );
+                return to_group_owner(shard, conv, user, me, GroupAccess::Typing);
             }
             if let Some(peer) = conv.dm_peer(&user) {
                 if peer != &user {
@@ -239,16 +221,7 @@ pub(super) fn on_frame(
             let limit = limit.unwrap_or(SYNC_LIMIT_DEFAULT).clamp(1, SYNC_LIMIT_MAX) as usize;
             if !conv.is_dm() {
                 touch(shard, slot, gen, &conv);
-                let owner = owner_shard(&conv, shard.n_shards());
-                return shard.mesh_send(
-                    owner,
-                    ShardMsg::GroupAccess {
-                        conv,
-                        user,
-                        conn: me,
-                        what: GroupAccess::Sync { after, limit },
-                    },
-                );
+                return to_group_owner(shard, conv, user, me, GroupAccess::Sync { after, limit });
             }
             sync_job(shard, me, conv, after, limit);
         }
@@ -270,6 +243,21 @@ pub(super) fn on_frame(
             });
         }
     }
+}
+
+/// Send a group `sync`/`read`/`typing` to the group's owner shard, which
+/// holds the member list.
+fn to_group_owner(shard: &Shard, conv: ConvId, user: UserId, conn: ConnRef, what: GroupAccess) {
+    let owner = owner_shard(&conv, shard.n_shards());
+    shard.mesh_send(
+        owner,
+        ShardMsg::GroupAccess {
+            conv,
+            user,
+            conn,
+            what,
+        },
+    );
 }
 
 /// Note this device's activity in a group (for large-group `notice`s).

@@ -32,7 +32,7 @@ pub fn plan(members: &HashSet<UserId>, n_shards: usize) -> Arc<Vec<Arc<[UserId]>
     Arc::new(by_home.into_iter().map(Into::into).collect())
 }
 
-/// `n` distinct user ids (`u0`, `u1`, ...).
+/// `n` distinct user ids (`user0`, `user1`, ...).
 pub fn members(n: usize) -> HashSet<UserId> {
     (0..n)
         .filter_map(|i| UserId::parse(&format!("user{i}")).ok())
@@ -51,7 +51,10 @@ mod tests {
         assert_eq!(p.len(), 4);
         assert_eq!(p.iter().map(|s| s.len()).sum::<usize>(), 1000);
         for (i, part) in p.iter().enumerate() {
-            assert!(!part.is_empty(), "shard {i} empty: the hash does not spread");
+            assert!(
+                !part.is_empty(),
+                "shard {i} empty: the hash does not spread"
+            );
             for u in part.iter() {
                 assert_eq!(home_shard(u, 4), i);
                 assert!(m.contains(u));

@@ -42,7 +42,10 @@ enum Wake {
 /// Reads into the executor's scratch buffer. The buffer is borrowed only
 /// inside the poll; the caller processes `scratch[..n]` before its next
 /// await, so no other connection can overwrite it in between.
-async fn read_scratch(stream: &mut TcpStream, scratch: &RefCell<Vec<u8>>) -> std::io::Result<usize> {
+async fn read_scratch(
+    stream: &mut TcpStream,
+    scratch: &RefCell<Vec<u8>>,
+) -> std::io::Result<usize> {
     std::future::poll_fn(|cx| {
         let Ok(mut s) = scratch.try_borrow_mut() else {
             return std::task::Poll::Ready(Err(std::io::Error::other("scratch buffer busy")));
@@ -247,7 +250,9 @@ impl Conn {
             Ok(f) => f,
             Err(_) => {
                 cx.stats.decode_errors += 1;
-                cx.live.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cx.live
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
         };
@@ -272,7 +277,9 @@ impl Conn {
                     self.failed = Some("unauthorized");
                 }
                 bump(&mut cx.stats.error_frames, code.as_str());
-                cx.live.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cx.live
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             ServerFrame::Receipt { .. }
             | ServerFrame::Typing { .. }
@@ -321,7 +328,10 @@ impl Conn {
         };
         if s.interval_us > 0 && s.next_at_us == 0 {
             // Spread the senders' first sends over one interval.
-            let start = cx.ctl.run_start_us.load(std::sync::atomic::Ordering::Acquire);
+            let start = cx
+                .ctl
+                .run_start_us
+                .load(std::sync::atomic::Ordering::Acquire);
             s.next_at_us = start + (u64::from(s.idx) * 7919) % s.interval_us;
         }
         while !s.out_of_budget && s.in_flight.len() < cx.plan.window {
@@ -353,7 +363,9 @@ impl Conn {
             self.queue(&f, cx.enc);
             s.in_flight.push_back((counter, cx.now_us));
             cx.stats.sent += 1;
-            cx.live.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cx.live
+                .sent
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if s.interval_us > 0 {
                 s.next_at_us += s.interval_us;
             }
@@ -446,7 +458,10 @@ fn on_pushed(r: &mut Receiver, conv: &str, seq: u64, body: Option<&str>, cx: &mu
     }
     cx.stats.delivered += 1;
     cx.live.delivered.fetch_add(1, Relaxed);
-    record(&mut cx.stats.deliver_us, cx.now_us.saturating_sub(m.send_us));
+    record(
+        &mut cx.stats.deliver_us,
+        cx.now_us.saturating_sub(m.send_us),
+    );
 }
 
 /// Runs `f` with the frame-handling context of `local`.
@@ -493,10 +508,13 @@ async fn connect_and_auth(local: &Local, idx: usize) -> Result<Conn, Why> {
     let host = plan.ws.to_string();
     let req = ws::handshake_request(&host, "/ws", &key, Some(plan.sp.name()));
     // The first write waits for the connect to finish.
-    stream.write_all(&req).await.map_err(|e| match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "connect_refused",
-        _ => "connect",
-    })?;
+    stream
+        .write_all(&req)
+        .await
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => "connect_refused",
+            _ => "connect",
+        })?;
     let mut head: Vec<u8> = Vec::new();
     let ok = loop {
         let n = read_scratch(&mut stream, &local.scratch)
@@ -528,7 +546,11 @@ async fn connect_and_auth(local: &Local, idx: usize) -> Result<Conn, Why> {
             to: to.clone(),
             next_counter: 1,
             in_flight: VecDeque::new(),
-            interval_us: if rate > 0.0 { (1e6 / rate).max(1.0) as u64 } else { 0 },
+            interval_us: if rate > 0.0 {
+                (1e6 / rate).max(1.0) as u64
+            } else {
+                0
+            },
             next_at_us: 0,
             out_of_budget: false,
             reported_done: false,

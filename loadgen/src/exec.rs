@@ -151,8 +151,7 @@ pub async fn executor_main(idx: usize, plan: Arc<Plan>, ctl: Arc<Control>) -> Ex
     }
     local.done.set(true);
     follower.await;
-    let stats = local.stats.replace(ExecStats::default());
-    stats
+    local.stats.replace(ExecStats::default())
 }
 
 /// Copies the shared phase into the executor and wakes its tasks on a

@@ -142,7 +142,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response, usize)>, HttpError
         )));
     }
     if chunked {
-        return Ok(parse_chunked(rest)?.map(|(body, used)| (Response { status, body }, body_start + used)));
+        return Ok(
+            parse_chunked(rest)?.map(|(body, used)| (Response { status, body }, body_start + used))
+        );
     }
     let n = content_length.unwrap_or(0);
     if rest.len() < n {
@@ -314,7 +316,9 @@ mod tests {
 
     #[test]
     fn no_body_statuses_and_errors() {
-        let (r, used) = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap().unwrap();
+        let (r, used) = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!((r.status, used), (204, 27));
         assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
@@ -325,7 +329,9 @@ mod tests {
         let mut out = Vec::new();
         encode_request("PUT", "/v1/users/a", "h:1", "k", Some(b"{}"), &mut out);
         let s = String::from_utf8(out).unwrap();
-        assert!(s.starts_with("PUT /v1/users/a HTTP/1.1\r\nHost: h:1\r\nAuthorization: Bearer k\r\n"));
+        assert!(
+            s.starts_with("PUT /v1/users/a HTTP/1.1\r\nHost: h:1\r\nAuthorization: Bearer k\r\n")
+        );
         assert!(s.ends_with("Content-Length: 2\r\n\r\n{}"));
     }
 }

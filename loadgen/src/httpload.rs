@@ -73,7 +73,12 @@ async fn run(local: &Local, k: usize, slot: usize) -> Result<(), &'static str> {
         0
     };
     let start = ctl.run_start_us.load(std::sync::atomic::Ordering::Acquire);
-    let mut next_at = start + if interval_us > 0 { (k as u64 * 7919) % interval_us } else { 0 };
+    let mut next_at = start
+        + if interval_us > 0 {
+            (k as u64 * 7919) % interval_us
+        } else {
+            0
+        };
     let mut counter: u64 = 1;
     let mut next_receiver = k % n_receivers;
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -113,7 +118,14 @@ async fn run(local: &Local, k: usize, slot: usize) -> Result<(), &'static str> {
                     track::cmid(plan.run_id, k as u32, counter),
                 );
                 counter += 1;
-                encode_request("POST", "/v1/messages", &host, &plan.api_key, Some(body.as_bytes()), &mut out);
+                encode_request(
+                    "POST",
+                    "/v1/messages",
+                    &host,
+                    &plan.api_key,
+                    Some(body.as_bytes()),
+                    &mut out,
+                );
                 pending.push_back(Pending {
                     sent_us: now,
                     receiver,
@@ -129,11 +141,13 @@ async fn run(local: &Local, k: usize, slot: usize) -> Result<(), &'static str> {
             stream.write_all(&out).await.map_err(|_| "http_io")?;
             out.clear();
         }
-        let deadline = (p == phase::RUN && interval_us > 0 && !out_of_budget && pending.len() < plan.window)
-            .then_some(next_at);
+        let deadline =
+            (p == phase::RUN && interval_us > 0 && !out_of_budget && pending.len() < plan.window)
+                .then_some(next_at);
         let read = async {
             Wake::Read(
-                std::future::poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut chunk[..])).await,
+                std::future::poll_fn(|cx| Pin::new(&mut stream).poll_read(cx, &mut chunk[..]))
+                    .await,
             )
         };
         let timer = async {

@@ -54,10 +54,20 @@ enum HttpTo {
 #[derive(Args, Debug)]
 struct Common {
     /// WebSocket target.
-    #[arg(long, global = true, default_value = "127.0.0.1:7700", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7700",
+        value_name = "HOST:PORT"
+    )]
     ws: String,
     /// HTTP API target.
-    #[arg(long, global = true, default_value = "127.0.0.1:7701", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1:7701",
+        value_name = "HOST:PORT"
+    )]
     http: String,
     /// API key of the HTTP API.
     #[arg(long, global = true, env = "TERN_API_KEY", hide_env_values = true)]
@@ -67,7 +77,12 @@ struct Common {
     proto: Proto,
     /// Source addresses, round-robin: a range `127.0.0.1-127.0.0.50` or a
     /// comma-separated list (of addresses and ranges).
-    #[arg(long, global = true, default_value = "127.0.0.1-127.0.0.20", value_name = "SPEC")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "127.0.0.1-127.0.0.20",
+        value_name = "SPEC"
+    )]
     source_addrs: String,
     /// Connections opened per second, e.g. `2000/s`.
     #[arg(long, global = true, default_value = "2000/s", value_name = "N/s")]
@@ -194,7 +209,10 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 /// `1000`, `1000/s` (per second) or `60/m`.
 fn parse_rate(s: &str) -> anyhow::Result<f64> {
     let (num, per) = s.split_once('/').unwrap_or((s, "s"));
-    let n: f64 = num.trim().parse().with_context(|| format!("bad rate {s:?}"))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad rate {s:?}"))?;
     let r = match per.trim() {
         "s" => n,
         "m" => n / 60.0,
@@ -256,7 +274,8 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
     let c = &cli.common;
     let ws = resolve("--ws", &c.ws, c.allow_remote)?;
     let http = resolve("--http", &c.http, c.allow_remote)?;
-    let sources = net::parse_sources(&c.source_addrs).map_err(|e| anyhow::anyhow!("--source-addrs: {e}"))?;
+    let sources =
+        net::parse_sources(&c.source_addrs).map_err(|e| anyhow::anyhow!("--source-addrs: {e}"))?;
     if !c.allow_remote {
         if let Some(bad) = sources.iter().find(|ip: &&IpAddr| !ip.is_loopback()) {
             bail!("source address {bad} is not loopback (pass --allow-remote to override)");
@@ -266,7 +285,12 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
         .api_key
         .clone()
         .context("no API key: pass --api-key or set TERN_API_KEY")?;
-    if !c.prefix.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.@-".contains(ch)) || c.prefix.is_empty() {
+    if !c
+        .prefix
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "_.@-".contains(ch))
+        || c.prefix.is_empty()
+    {
         bail!("--prefix must be 1+ characters of [A-Za-z0-9_.@-]");
     }
     let sp = match c.proto {
@@ -291,11 +315,19 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
         let t = std::time::Instant::now();
         let tokens = setup::users_with_tokens(http, &api_key, users, DEVICE, c.setup_conns)?;
         if !c.quiet {
-            eprintln!("setup: {} users with tokens in {:.2} s", users.len(), t.elapsed().as_secs_f64());
+            eprintln!(
+                "setup: {} users with tokens in {:.2} s",
+                users.len(),
+                t.elapsed().as_secs_f64()
+            );
         }
         Ok(tokens)
     };
-    let conn = |token: String, send_to: Option<String>, receiver: bool| ConnPlan { token, send_to, receiver };
+    let conn = |token: String, send_to: Option<String>, receiver: bool| ConnPlan {
+        token,
+        send_to,
+        receiver,
+    };
 
     let mut plan = Plan {
         scenario: Scenario::Idle,
@@ -321,21 +353,29 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
         n_executors,
         pin: !c.no_pin,
     };
-    let send_params = |plan: &mut Plan, s: &SendArgs, n_senders: usize| -> anyhow::Result<serde_json::Value> {
-        let rate = parse_rate(&s.rate)?;
-        if s.window == 0 {
-            bail!("--window must be at least 1");
-        }
-        plan.n_senders = n_senders;
-        plan.rate_per_sender = if n_senders > 0 { rate / n_senders as f64 } else { 0.0 };
-        plan.window = s.window;
-        plan.count = s.count;
-        Ok(json!({ "rate_per_s": rate, "window": s.window, "count": s.count }))
-    };
+    let send_params =
+        |plan: &mut Plan, s: &SendArgs, n_senders: usize| -> anyhow::Result<serde_json::Value> {
+            let rate = parse_rate(&s.rate)?;
+            if s.window == 0 {
+                bail!("--window must be at least 1");
+            }
+            plan.n_senders = n_senders;
+            plan.rate_per_sender = if n_senders > 0 {
+                rate / n_senders as f64
+            } else {
+                0.0
+            };
+            plan.window = s.window;
+            plan.count = s.count;
+            Ok(json!({ "rate_per_s": rate, "window": s.window, "count": s.count }))
+        };
     let params = match &cli.scenario {
         Cmd::Idle { conns } => {
             let users = user_ids(&c.prefix, "i", *conns);
-            plan.conns = setup_users(&users)?.into_iter().map(|t| conn(t, None, false)).collect();
+            plan.conns = setup_users(&users)?
+                .into_iter()
+                .map(|t| conn(t, None, false))
+                .collect();
             json!({ "conns": conns })
         }
         Cmd::Dm { pairs, send } => {
@@ -355,7 +395,11 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
             p["pairs"] = json!(pairs);
             p
         }
-        Cmd::Group { members, senders, send } => {
+        Cmd::Group {
+            members,
+            senders,
+            send,
+        } => {
             if *members < 2 || *senders == 0 || senders > members {
                 bail!("need --members >= 2 and 1 <= --senders <= --members");
             }
@@ -378,7 +422,12 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
             p["group"] = json!(gid);
             p
         }
-        Cmd::Http { to, receivers, http_conns, send } => {
+        Cmd::Http {
+            to,
+            receivers,
+            http_conns,
+            send,
+        } => {
             if *receivers == 0 || *http_conns == 0 {
                 bail!("need --receivers >= 1 and --http-conns >= 1");
             }
@@ -399,7 +448,10 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
                 }
             };
             plan.conns = tokens.into_iter().map(|t| conn(t, None, true)).collect();
-            plan.http_senders = Some(HttpPlan { n_conns: *http_conns, targets });
+            plan.http_senders = Some(HttpPlan {
+                n_conns: *http_conns,
+                targets,
+            });
             let mut p = send_params(&mut plan, send, *http_conns)?;
             p["to"] = json!(format!("{to:?}").to_lowercase());
             p["receivers"] = json!(receivers);
@@ -416,9 +468,13 @@ fn build(cli: &Cli) -> anyhow::Result<Built> {
 
 fn real_main() -> anyhow::Result<bool> {
     let cli = Cli::parse();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let nofile = raise_nofile();
     let Built { plan, params } = build(&cli)?;
-    let needed = plan.conns.len() as u64 + plan.http_senders.as_ref().map_or(0, |h| h.n_conns as u64);
+    let needed =
+        plan.conns.len() as u64 + plan.http_senders.as_ref().map_or(0, |h| h.n_conns as u64);
     if needed + FD_HEADROOM > nofile {
         bail!(
             "{needed} connections need about {} open files, the limit is {nofile} (raise `ulimit -n`)",
@@ -429,6 +485,7 @@ fn real_main() -> anyhow::Result<bool> {
         server_pid: cli.common.server_pid,
         quiet: cli.common.quiet,
         params,
+        started_unix_ms,
     };
     let report = run::run(plan, &opts)?;
     print!("{}", report.human());
@@ -482,7 +539,16 @@ mod tests {
     fn cli_parses() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from([
-            "tern-loadgen", "dm", "--pairs", "5", "--rate", "100/s", "--duration", "2s", "--api-key", "k",
+            "tern-loadgen",
+            "dm",
+            "--pairs",
+            "5",
+            "--rate",
+            "100/s",
+            "--duration",
+            "2s",
+            "--api-key",
+            "k",
         ])
         .unwrap();
         assert_eq!(cli.common.duration, "2s");

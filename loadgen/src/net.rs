@@ -13,7 +13,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// The connect completes (or fails) asynchronously: the first write waits
 /// for it.
 pub fn start_connect(source: Option<IpAddr>, target: SocketAddr) -> io::Result<RawFd> {
-    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     if let Some(ip) = source {
@@ -66,10 +70,7 @@ pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, String> {
             }
             out.extend((a..=b).map(|x| IpAddr::V4(x.into())));
         } else {
-            out.push(
-                part.parse()
-                    .map_err(|_| format!("bad address {part:?}"))?,
-            );
+            out.push(part.parse().map_err(|_| format!("bad address {part:?}"))?);
         }
     }
     if out.is_empty() {

@@ -245,7 +245,11 @@ impl Control {
             Expect::Peer => self.acked_of(r ^ 1),
             Expect::AllButOwn => {
                 let all: u64 = (0..self.acked.len()).map(|s| self.acked_of(s)).sum();
-                all - if r < self.acked.len() { self.acked_of(r) } else { 0 }
+                all - if r < self.acked.len() {
+                    self.acked_of(r)
+                } else {
+                    0
+                }
             }
             Expect::All => (0..self.acked.len()).map(|s| self.acked_of(s)).sum(),
             Expect::PerReceiver => self

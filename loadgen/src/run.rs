@@ -141,6 +141,10 @@ pub struct Report {
     pub params: serde_json::Value,
     /// This run's id (in cmids and bodies).
     pub run_id: String,
+    /// When the run started, ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Loadgen's version.
+    pub version: String,
     /// Executors (threads).
     pub executors: usize,
     /// Where it ran.
@@ -264,6 +268,8 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Scenario parameters for the report.
     pub params: serde_json::Value,
+    /// When the run started, ms since the Unix epoch.
+    pub started_unix_ms: u64,
 }
 
 /// Runs `plan` to the end and reports.
@@ -382,7 +388,11 @@ pub fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Report> {
         &plan,
         opts,
         total,
-        ConnTimes { connect_s, send_s, deliver_s },
+        ConnTimes {
+            connect_s,
+            send_s,
+            deliver_s,
+        },
         (expected, lost, unexpected),
         memory,
     ))
@@ -404,7 +414,13 @@ fn build_report(
 ) -> Report {
     let n_conns = plan.conns.len();
     let failed: u64 = s.connect_failures.values().sum();
-    let per_s = |n: u64, secs: f64| if secs > 0.0 { (n as f64 / secs * 10.0).round() / 10.0 } else { 0.0 };
+    let per_s = |n: u64, secs: f64| {
+        if secs > 0.0 {
+            (n as f64 / secs * 10.0).round() / 10.0
+        } else {
+            0.0
+        }
+    };
     let mut latency = BTreeMap::new();
     latency.insert("connect".to_owned(), LatencySummary::of(&s.connect_us));
     if plan.scenario != Scenario::Idle {
@@ -417,14 +433,23 @@ fn build_report(
     }
     let mut problems = Vec::new();
     if failed > 0 {
-        problems.push(format!("{failed} connection(s) failed: {:?}", s.connect_failures));
+        problems.push(format!(
+            "{failed} connection(s) failed: {:?}",
+            s.connect_failures
+        ));
     }
     if s.authed as usize != n_conns {
-        problems.push(format!("{} of {n_conns} connections authenticated", s.authed));
+        problems.push(format!(
+            "{} of {n_conns} connections authenticated",
+            s.authed
+        ));
     }
     let dropped: u64 = s.drops.values().sum();
     if dropped > 0 {
-        problems.push(format!("{dropped} connection(s) ended early: {:?}", s.drops));
+        problems.push(format!(
+            "{dropped} connection(s) ended early: {:?}",
+            s.drops
+        ));
     }
     if lost > 0 {
         problems.push(format!("{lost} of {expected} deliveries lost"));
@@ -446,12 +471,18 @@ fn build_report(
             problems.push("nothing was delivered".to_owned());
         }
     }
-    let connect_rate = if times.connect_s > 0.0 { s.authed as f64 / times.connect_s } else { 0.0 };
+    let connect_rate = if times.connect_s > 0.0 {
+        s.authed as f64 / times.connect_s
+    } else {
+        0.0
+    };
     Report {
         scenario: plan.scenario.name().to_owned(),
         proto: plan.sp.name().to_owned(),
         params: opts.params.clone(),
         run_id: format!("{:08x}", plan.run_id),
+        started_unix_ms: opts.started_unix_ms,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         executors: plan.n_executors,
         host: host(),
         connections: ConnReport {
@@ -506,7 +537,13 @@ impl Report {
         let _ = writeln!(
             o,
             "tern-loadgen {} ({}, {} executors, run {}) on {} x {} / Linux {}",
-            self.scenario, self.proto, self.executors, self.run_id, self.host.cpus, self.host.cpu_model, self.host.kernel
+            self.scenario,
+            self.proto,
+            self.executors,
+            self.run_id,
+            self.host.cpus,
+            self.host.cpu_model,
+            self.host.kernel
         );
         let _ = writeln!(
             o,
@@ -527,6 +564,13 @@ impl Report {
             );
             if !m.send_errors.is_empty() {
                 let _ = writeln!(o, "  refused    {:?}", m.send_errors);
+            }
+            if m.send_errors.contains_key("rate_limited") {
+                let _ = writeln!(
+                    o,
+                    "  note       the server's per-connection send limit refused sends; for throughput runs \
+                     start tern with --send-rate-per-s and --send-burst above the offered rate"
+                );
             }
             if m.notices > 0 {
                 let _ = writeln!(o, "  notices    {}", m.notices);

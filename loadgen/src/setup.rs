@@ -107,18 +107,39 @@ fn tokens_for_chunk(
         if !missing.is_empty() {
             let puts: Vec<Request<'_>> = missing
                 .iter()
-                .map(|&i| ("PUT", format!("/v1/users/{}", batch[i]), Some(b"{}".to_vec())))
+                .map(|&i| {
+                    (
+                        "PUT",
+                        format!("/v1/users/{}", batch[i]),
+                        Some(b"{}".to_vec()),
+                    )
+                })
                 .collect();
-            for (r, &i) in c.pipeline(&puts).context("creating users")?.iter().zip(&missing) {
+            for (r, &i) in c
+                .pipeline(&puts)
+                .context("creating users")?
+                .iter()
+                .zip(&missing)
+            {
                 if r.status != 200 {
-                    bail!("PUT /v1/users/{} answered {}: {}", batch[i], r.status, r.text());
+                    bail!(
+                        "PUT /v1/users/{} answered {}: {}",
+                        batch[i],
+                        r.status,
+                        r.text()
+                    );
                 }
             }
             let again: Vec<_> = missing
                 .iter()
                 .map(|&i| token_request(&batch[i], device))
                 .collect();
-            for (r, &i) in c.pipeline(&again).context("minting tokens")?.into_iter().zip(&missing) {
+            for (r, &i) in c
+                .pipeline(&again)
+                .context("minting tokens")?
+                .into_iter()
+                .zip(&missing)
+            {
                 resps[i] = Some(r);
             }
         }
@@ -152,7 +173,11 @@ pub fn group_with_members(
     let (first, rest) = members.split_at(members.len().min(PUT_MEMBERS_MAX));
     let body = serde_json::json!({ "name": gid, "members": first });
     let r = c
-        .request("PUT", &format!("/v1/groups/{gid}"), Some(body.to_string().as_bytes()))
+        .request(
+            "PUT",
+            &format!("/v1/groups/{gid}"),
+            Some(body.to_string().as_bytes()),
+        )
         .context("creating the group")?;
     if r.status != 200 {
         bail!("PUT /v1/groups/{gid} answered {}: {}", r.status, r.text());
@@ -167,7 +192,11 @@ pub fn group_with_members(
             )
             .context("adding group members")?;
         if r.status != 200 {
-            bail!("POST /v1/groups/{gid}/members answered {}: {}", r.status, r.text());
+            bail!(
+                "POST /v1/groups/{gid}/members answered {}: {}",
+                r.status,
+                r.text()
+            );
         }
     }
     Ok(())

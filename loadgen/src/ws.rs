@@ -109,7 +109,10 @@ pub fn parse_handshake_response(buf: &[u8], key: &str) -> Result<Option<Handshak
     let version = parts.next().unwrap_or_default();
     let code = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") || code != "101" {
-        return Err(WsError::Handshake(format!("status line `{}`", clip(status))));
+        return Err(WsError::Handshake(format!(
+            "status line `{}`",
+            clip(status)
+        )));
     }
     let mut upgrade = false;
     let mut connection = false;
@@ -133,7 +136,9 @@ pub fn parse_handshake_response(buf: &[u8], key: &str) -> Result<Option<Handshak
         }
     }
     if !upgrade || !connection {
-        return Err(WsError::Handshake("missing Upgrade/Connection headers".into()));
+        return Err(WsError::Handshake(
+            "missing Upgrade/Connection headers".into(),
+        ));
     }
     if accept.as_deref() != Some(accept_for(key).as_str()) {
         return Err(WsError::Handshake("wrong Sec-WebSocket-Accept".into()));
@@ -358,7 +363,11 @@ pub struct MaskRng(u64);
 impl MaskRng {
     /// Seeded from `seed` (0 is replaced: xorshift must not start at 0).
     pub fn new(seed: u64) -> MaskRng {
-        MaskRng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        MaskRng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// The next 64 random bits.
@@ -398,7 +407,10 @@ mod tests {
         assert_ne!(buf[1] & MASK_BIT, 0, "client frames are masked");
         let (len, at) = match buf[1] & 0x7f {
             126 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-            127 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+            127 => (
+                u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n => (n as usize, 2),
         };
         let mask: [u8; 4] = buf[at..at + 4].try_into().unwrap();

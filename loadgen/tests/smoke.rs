@@ -6,8 +6,8 @@
 //! test's own target directory (`cargo test --release --workspace` builds
 //! it). Every wait is bounded; the server is killed on drop.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +64,14 @@ impl Drop for Server {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: String = log.chars().rev().take(8000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(8000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             eprintln!("---- tern serve log (tail) ----\n{tail}");
         }
     }
@@ -81,8 +88,7 @@ fn healthy(http: SocketAddr) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -108,7 +114,12 @@ impl Server {
                 .arg("serve")
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
-                .args(["--ws-addr", &ws.to_string(), "--http-addr", &http.to_string()])
+                .args([
+                    "--ws-addr",
+                    &ws.to_string(),
+                    "--http-addr",
+                    &http.to_string(),
+                ])
                 .args(["--api-key", API_KEY])
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("log file"))
@@ -154,7 +165,15 @@ fn loadgen(s: &Server, name: &str, args: &[&str]) -> Result<Value, String> {
     let json = dir.path().join(format!("{name}.json"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"));
     cmd.args(["--ws", &s.ws.to_string(), "--http", &s.http.to_string()])
-        .args(["--api-key", API_KEY, "--quiet", "--duration", "2s", "--drain", "20s"])
+        .args([
+            "--api-key",
+            API_KEY,
+            "--quiet",
+            "--duration",
+            "2s",
+            "--drain",
+            "20s",
+        ])
         // Tests share the machine: do not pin next to the server's shards.
         .arg("--no-pin")
         .args(["--prefix", &format!("smoke-{name}")])
@@ -164,7 +183,9 @@ fn loadgen(s: &Server, name: &str, args: &[&str]) -> Result<Value, String> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawning tern-loadgen: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawning tern-loadgen: {e}"))?;
     let t = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
@@ -186,17 +207,25 @@ fn loadgen(s: &Server, name: &str, args: &[&str]) -> Result<Value, String> {
         let _ = e.read_to_string(&mut err);
     }
     eprintln!("---- {name} ----\n{out}");
-    let text = std::fs::read_to_string(&json)
-        .map_err(|e| format!("{name}: no JSON report ({e}); exit {status}\nstdout:\n{out}\nstderr:\n{err}"))?;
-    let report: Value = serde_json::from_str(&text).map_err(|e| format!("{name}: bad JSON report: {e}"))?;
+    let text = std::fs::read_to_string(&json).map_err(|e| {
+        format!("{name}: no JSON report ({e}); exit {status}\nstdout:\n{out}\nstderr:\n{err}")
+    })?;
+    let report: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{name}: bad JSON report: {e}"))?;
     if !status.success() {
-        return Err(format!("{name}: exit {status}; problems {}\n{out}\n{err}", report["problems"]));
+        return Err(format!(
+            "{name}: exit {status}; problems {}\n{out}\n{err}",
+            report["problems"]
+        ));
     }
     Ok(report)
 }
 
 fn u(v: &Value, path: &[&str]) -> u64 {
-    path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(u64::MAX)
+    path.iter()
+        .fold(v, |v, k| &v[*k])
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 fn f(v: &Value, path: &[&str]) -> f64 {
@@ -210,7 +239,10 @@ fn check_common(name: &str, r: &Value, n_conns: u64) -> Vec<String> {
         bad.push(format!("{name}: ok is {} ({})", r["ok"], r["problems"]));
     }
     if u(r, &["connections", "authenticated"]) != n_conns {
-        bad.push(format!("{name}: {} of {n_conns} authenticated", r["connections"]["authenticated"]));
+        bad.push(format!(
+            "{name}: {} of {n_conns} authenticated",
+            r["connections"]["authenticated"]
+        ));
     }
     if u(r, &["connections", "failed"]) != 0 {
         bad.push(format!("{name}: failures {}", r["connections"]["failures"]));
@@ -231,9 +263,14 @@ fn check_traffic(name: &str, r: &Value, n_conns: u64) -> Vec<String> {
         bad.push(format!("{name}: nothing acked"));
     }
     if u(m, &["delivered"]) == 0 || u(m, &["delivered"]) != u(m, &["expected"]) {
-        bad.push(format!("{name}: delivered {} of expected {}", m["delivered"], m["expected"]));
+        bad.push(format!(
+            "{name}: delivered {} of expected {}",
+            m["delivered"], m["expected"]
+        ));
     }
-    if f(r, &["throughput", "acked_per_s"]) <= 0.0 || f(r, &["throughput", "delivered_per_s"]) <= 0.0 {
+    if f(r, &["throughput", "acked_per_s"]) <= 0.0
+        || f(r, &["throughput", "delivered_per_s"]) <= 0.0
+    {
         bad.push(format!("{name}: zero throughput {}", r["throughput"]));
     }
     bad
@@ -245,11 +282,18 @@ fn every_scenario_runs_clean_against_the_real_server() {
     let mut bad = Vec::new();
     let pid = server.pid().to_string();
 
-    match loadgen(&server, "idle", &["idle", "--conns", "50", "--server-pid", &pid]) {
+    match loadgen(
+        &server,
+        "idle",
+        &["idle", "--conns", "50", "--server-pid", &pid],
+    ) {
         Ok(r) => {
             bad.extend(check_common("idle", &r, 50));
             if f(&r, &["connections", "connect_rate_per_s"]) <= 0.0 {
-                bad.push(format!("idle: connect rate {}", r["connections"]["connect_rate_per_s"]));
+                bad.push(format!(
+                    "idle: connect rate {}",
+                    r["connections"]["connect_rate_per_s"]
+                ));
             }
             if r["memory"]["server_rss_kb_after"].as_u64().is_none() {
                 bad.push(format!("idle: no server RSS in {}", r["memory"]));
@@ -266,14 +310,29 @@ fn every_scenario_runs_clean_against_the_real_server() {
     match loadgen(
         &server,
         "group",
-        &["group", "--members", "20", "--senders", "2", "--rate", "60/s", "--proto", "json"],
+        &[
+            "group",
+            "--members",
+            "20",
+            "--senders",
+            "2",
+            "--rate",
+            "60/s",
+            "--proto",
+            "json",
+        ],
     ) {
         Ok(r) => {
             bad.extend(check_traffic("group", &r, 20));
             // Every acked message reaches the 19 other members.
-            let (acked, expected) = (u(&r, &["messages", "acked"]), u(&r, &["messages", "expected"]));
+            let (acked, expected) = (
+                u(&r, &["messages", "acked"]),
+                u(&r, &["messages", "expected"]),
+            );
             if expected != acked * 19 {
-                bad.push(format!("group: expected {expected} deliveries for {acked} acked sends"));
+                bad.push(format!(
+                    "group: expected {expected} deliveries for {acked} acked sends"
+                ));
             }
         }
         Err(e) => bad.push(e),
@@ -281,12 +340,25 @@ fn every_scenario_runs_clean_against_the_real_server() {
     match loadgen(
         &server,
         "http",
-        &["http", "--to", "users", "--receivers", "5", "--count", "50", "--rate", "100/s"],
+        &[
+            "http",
+            "--to",
+            "users",
+            "--receivers",
+            "5",
+            "--count",
+            "50",
+            "--rate",
+            "100/s",
+        ],
     ) {
         Ok(r) => {
             bad.extend(check_traffic("http", &r, 5));
             if u(&r, &["messages", "acked"]) != 50 {
-                bad.push(format!("http: {} of 50 sends got 200", r["messages"]["acked"]));
+                bad.push(format!(
+                    "http: {} of 50 sends got 200",
+                    r["messages"]["acked"]
+                ));
             }
         }
         Err(e) => bad.push(e),
@@ -294,12 +366,27 @@ fn every_scenario_runs_clean_against_the_real_server() {
     match loadgen(
         &server,
         "httpgroup",
-        &["http", "--to", "group", "--receivers", "5", "--count", "50", "--rate", "100/s", "--proto", "json"],
+        &[
+            "http",
+            "--to",
+            "group",
+            "--receivers",
+            "5",
+            "--count",
+            "50",
+            "--rate",
+            "100/s",
+            "--proto",
+            "json",
+        ],
     ) {
         Ok(r) => {
             bad.extend(check_traffic("httpgroup", &r, 5));
             if u(&r, &["messages", "expected"]) != 250 {
-                bad.push(format!("httpgroup: expected {} deliveries, not 250", r["messages"]["expected"]));
+                bad.push(format!(
+                    "httpgroup: expected {} deliveries, not 250",
+                    r["messages"]["expected"]
+                ));
             }
         }
         Err(e) => bad.push(e),
@@ -310,7 +397,15 @@ fn every_scenario_runs_clean_against_the_real_server() {
 #[test]
 fn refuses_a_remote_target() {
     let out = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"))
-        .args(["--ws", "192.0.2.1:7700", "--api-key", "k", "idle", "--conns", "1"])
+        .args([
+            "--ws",
+            "192.0.2.1:7700",
+            "--api-key",
+            "k",
+            "idle",
+            "--conns",
+            "1",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run tern-loadgen");

@@ -82,18 +82,19 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
         );
         return;
     }
-    // Move the socket: a dup'ed fd travels, this shard's copy closes. (dup,
-    // not into_raw_fd: a cancelled poll may still hold monoio's reference.)
+    // Move the socket: an fd travels, this shard's copy closes. A dup is
+    // used because it is safe whatever monoio still holds; it costs a second
+    // fd for a moment, so near the open-files limit it can fail (EMFILE).
+    // Then the stream's own fd moves: the auth phase completed every
+    // operation on it, so monoio holds no other reference to it.
     // SAFETY: plain syscall on an fd we own.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        tracing::warn!(
-            "dup for handoff failed: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
-    drop(stream);
+    let dup = match unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } {
+        d if d >= 0 => {
+            drop(stream);
+            d
+        }
+        _ => std::os::fd::IntoRawFd::into_raw_fd(stream),
+    };
     shard.mesh_send(
         home,
         ShardMsg::Adopt(Adopt {

@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(CARGO_TARGET_DIR)/release/tern
 ARGS ?=
 
-.PHONY: deps build run test lint fmt clean-data
+.PHONY: deps build run test lint fmt bench
 
 deps:
 	@if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then \
@@ -39,3 +39,9 @@ lint: deps
 
 fmt:
 	$(CARGO) fmt --all
+
+# The performance targets (docs/BENCHMARKS.md): builds server and loadgen,
+# runs every scenario pinned as documented, prints figures against targets.
+bench: deps
+	$(CARGO) build --release -p tern -p tern-loadgen
+	scripts/bench.sh

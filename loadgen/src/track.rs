@@ -12,10 +12,20 @@ pub const ACK_EVERY_US: u64 = 1_000_000;
 const SEQ_WINDOW: u64 = 1024;
 const SEQ_WORDS: usize = (SEQ_WINDOW / 64) as usize;
 
+/// Encoded size of every body loadgen sends, bytes: the benchmark targets
+/// are stated for 100-byte bodies.
+pub const BODY_BYTES: usize = 100;
+
 /// The body text loadgen sends: a JSON string
-/// `"lg <run:08x> <sender> <counter> <send_us>"`.
+/// `"lg <run:08x> <sender> <counter> <send_us> xxx…"`, padded with `x`s to
+/// [`BODY_BYTES`] of JSON text.
 pub fn marker_body(run: u32, sender: u32, counter: u64, send_us: u64) -> String {
-    format!("\"lg {run:08x} {sender} {counter} {send_us}\"")
+    let mut b = format!("\"lg {run:08x} {sender} {counter} {send_us} ");
+    while b.len() < BODY_BYTES - 1 {
+        b.push('x');
+    }
+    b.push('"');
+    b
 }
 
 /// The cmid of a send: unique per run, sender and counter, so a rerun is
@@ -57,7 +67,12 @@ pub fn parse_marker(body: &str, run: u32) -> Option<Marker> {
         counter: it.next()?.parse().ok()?,
         send_us: it.next()?.parse().ok()?,
     };
-    it.next().is_none().then_some(m)
+    // Then the padding, if any, and nothing else.
+    match it.next() {
+        None => Some(m),
+        Some(pad) if pad.bytes().all(|c| c == b'x') && it.next().is_none() => Some(m),
+        Some(_) => None,
+    }
 }
 
 /// What one pushed entry was, as far as order goes.
@@ -188,6 +203,7 @@ mod tests {
     #[test]
     fn marker_roundtrip_and_foreign() {
         let b = marker_body(0xab, 3, 17, 123_456);
+        assert_eq!(b.len(), BODY_BYTES);
         assert_eq!(
             parse_marker(&b, 0xab),
             Some(Marker {

@@ -115,17 +115,21 @@ fn unauthorized(msg: &str) -> ServerFrame {
 }
 
 /// Read more bytes into `buf`; None on end of stream, error or overflow.
-async fn read_more(stream: &TcpStream, fd: i32, buf: &mut Vec<u8>) -> Option<()> {
-    let mut tmp = [0u8; 2048];
+/// Read more bytes into `buf`; None on end of stream, error or overflow.
+/// The read lands in the shard's scratch buffer (no await while it is
+/// borrowed), so a pending handshake holds no read buffer of its own.
+async fn read_more(shard: &Shard, stream: &TcpStream, fd: i32, buf: &mut Vec<u8>) -> Option<()> {
     loop {
         stream.readable(false).await.ok()?;
-        match recv_nb(fd, &mut tmp) {
+        let mut scratch = shard.scratch.borrow_mut();
+        let room = AUTH_PHASE_BYTES_MAX.saturating_sub(buf.len()).min(scratch.len());
+        if room == 0 {
+            return None;
+        }
+        match recv_nb(fd, &mut scratch[..room]) {
             Ok(0) => return None,
             Ok(n) => {
-                if buf.len() + n > AUTH_PHASE_BYTES_MAX {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
+                buf.extend_from_slice(&scratch[..n]);
                 return Some(());
             }
             Err(e) if would_block(&e) => continue,
@@ -156,7 +160,7 @@ async fn auth_phase(
                 break hs;
             }
             Ok(None) => {
-                if read_more(stream, fd, &mut buf).await.is_none() {
+                if read_more(shard, stream, fd, &mut buf).await.is_none() {
                     if buf.len() >= AUTH_PHASE_BYTES_MAX - 2048 {
                         let _ = write_all(
                             stream,
@@ -221,7 +225,7 @@ async fn auth_phase(
             }
             // More complete frames may follow in `buf`: parse before reading.
             Step::Reply(bytes) => write_all(stream, fd, &bytes).await.ok()?,
-            Step::Need => read_more(stream, fd, &mut buf).await?,
+            Step::Need => read_more(shard, stream, fd, &mut buf).await?,
         }
     }
 }

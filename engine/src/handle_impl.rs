@@ -168,6 +168,9 @@ impl Inner {
             if let Ok(mut m) = self.shared.revoked.write() {
                 m.insert(user.clone(), at);
             }
+            for shard in 0..self.shared.mesh.n_shards() {
+                self.shared.mesh.send_from_outside(shard, ShardMsg::UserGone(user.clone()));
+            }
             let home = home_shard(user, self.shared.mesh.n_shards());
             self.shared.mesh.send_from_outside(
                 home,

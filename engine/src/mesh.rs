@@ -162,6 +162,8 @@ pub enum ShardMsg {
         reason: String,
         reply: Option<tokio::sync::oneshot::Sender<usize>>,
     },
+    /// A user was deleted: forget it in caches (every shard gets this).
+    UserGone(UserId),
     /// Graceful shutdown.
     Shutdown,
 }

@@ -42,6 +42,9 @@ struct ConvSeq {
 
 type DedupKey = (ConvId, UserId, String);
 
+/// Users remembered as existing per shard before the cache starts over.
+const KNOWN_USERS_MAX: usize = 1 << 20;
+
 /// Who gets an entry once it is durable.
 enum Recipients {
     /// A dm's participants.
@@ -125,6 +128,9 @@ pub(crate) struct Owner {
     next_token: u64,
     /// Groups this shard owns that were used since start; `None`: no such group.
     groups: HashMap<GroupId, Option<GroupState>>,
+    /// Users seen to exist (a cache in front of a storage point read per dm
+    /// send); a deleted user is forgotten by every shard (`UserGone`).
+    known_users: HashSet<UserId>,
     /// Receipts to push once their read position is stored (so a device that
     /// sees a receipt and asks `convs` finds it).
     pending_reads: HashMap<u64, PendingRead>,
@@ -183,6 +189,19 @@ impl Owner {
             );
         }
         o
+    }
+
+    /// Remember that `u` exists, within [`KNOWN_USERS_MAX`].
+    fn remember_user(&mut self, u: &UserId) {
+        if self.known_users.len() >= KNOWN_USERS_MAX {
+            self.known_users.clear();
+        }
+        self.known_users.insert(u.clone());
+    }
+
+    /// Forget `u` (deleted).
+    pub fn forget_user(&mut self, u: &UserId) {
+        self.known_users.remove(u);
     }
 
     /// A fresh token naming one storage request of this shard.
@@ -342,8 +361,11 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                 if u == &job.from {
                     continue;
                 }
+                if shard.owner.borrow().known_users.contains(u) {
+                    continue;
+                }
                 match storage.user_exists(u) {
-                    Ok(true) => {}
+                    Ok(true) => shard.owner.borrow_mut().remember_user(u),
                     Ok(false) => {
                         return reply(
                             shard,

@@ -74,6 +74,9 @@ const SMALL_WRITE_BUFFER_BYTES: usize = 8 << 20;
 /// with many CFs a quiet one would otherwise pin old WAL files forever and
 /// make recovery replay gigabytes.
 const MAX_TOTAL_WAL_BYTES: u64 = 512 << 20;
+/// Share of a memtable's size given to its whole-key bloom filter.
+const MEMTABLE_BLOOM_RATIO: f64 = 0.05;
+
 /// Bits per key of the bloom filters: ~1% false positives.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// Flush + compaction threads. The machine's cores belong to the shards;
@@ -136,6 +139,15 @@ pub(crate) fn db_options(
             }
             let mut cf = Options::default();
             cf.set_block_based_table_factory(&table);
+            if point_read {
+                // Point reads on the send path (dedup, user exists) mostly
+                // miss, and recent keys live in the memtable: a memtable
+                // bloom filter answers those misses without a skiplist walk
+                // (measured: the walk was ~2% of a shard's time at 80 k
+                // sends/s).
+                cf.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
+                cf.set_memtable_whole_key_filtering(true);
+            }
             // lz4 is the only codec compiled in; the default (snappy) is not.
             cf.set_compression_type(DBCompressionType::Lz4);
             cf.set_level_compaction_dynamic_level_bytes(true);

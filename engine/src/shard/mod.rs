@@ -872,6 +872,7 @@ impl Shard {
                     let _ = r.send(n);
                 }
             }
+            ShardMsg::UserGone(u) => self.owner.borrow_mut().forget_user(&u),
             ShardMsg::Shutdown => {
                 self.shutting_down.set(true);
                 let me = self.clone();

@@ -40,7 +40,7 @@ row "idle: authenticated" "$(field "$OUT/idle.json" "d['connections']['authentic
 
 for M in 1000 10000; do
   start
-  S=$(( M == 1000 ? 10 : 2 ))
+  S=10
   lg group --members $M --senders $S --rate 0 --window 16 --duration "$DUR" --json "$OUT/group-$M.json" || true
   row "group M=$M closed loop: deliveries/s" "$(field "$OUT/group-$M.json" "round(d['throughput']['delivered_per_s'])")" ">= 1,000,000 (aim 2,500,000)"
   row "group M=$M: lost / dups / out-of-order" "$(field "$OUT/group-$M.json" "'%d/%d/%d' % (d['messages']['lost'], d['messages']['dups'], d['messages']['order_violations'])")" "0/0/0"

@@ -1,53 +1,74 @@
-//! Server frames encoded once, as complete WebSocket frames, per subprotocol.
+//! Server frames encoded once per subprotocol, as complete WebSocket frames.
 //! The same bytes (`Arc<[u8]>`) go to every connection that speaks that
-//! subprotocol: no per-recipient copy or encode.
+//! subprotocol: no per-recipient copy or encode. Each encoding is made on
+//! first use, by whichever home shard needs it first, so a fan-out whose
+//! recipients all speak rkyv never pays for JSON (and the other way round).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tern_proto::{encode_server_into, ServerFrame, Subprotocol};
 
-use crate::ws::codec::{frame_header, OpCode};
+use crate::ws::codec::{frame_header, OpCode, SERVER_HEADER_LEN_MAX};
 
-/// One frame in both subprotocols.
+/// One frame, encoded lazily for each subprotocol.
 pub struct Encoded {
-    pub json: Arc<[u8]>,
-    pub rkyv: Arc<[u8]>,
+    frame: ServerFrame,
+    json: OnceLock<Arc<[u8]>>,
+    rkyv: OnceLock<Arc<[u8]>>,
 }
 
 impl Encoded {
-    /// Encode `frame` for both subprotocols.
-    pub fn both(frame: &ServerFrame) -> Encoded {
-        Encoded {
-            json: ws_frame(Subprotocol::Json, frame),
-            rkyv: ws_frame(Subprotocol::Rkyv, frame),
-        }
+    /// Wrap `frame`; nothing is encoded yet.
+    pub fn new(frame: ServerFrame) -> Encoded {
+        Encoded { frame, json: OnceLock::new(), rkyv: OnceLock::new() }
     }
 
-    /// The bytes for a connection speaking `sp`.
+    /// The bytes for a connection speaking `sp` (encoded on first use).
     pub fn for_sp(&self, sp: Subprotocol) -> &Arc<[u8]> {
         match sp {
-            Subprotocol::Json => &self.json,
-            Subprotocol::Rkyv => &self.rkyv,
+            Subprotocol::Json => self.json.get_or_init(|| ws_frame(sp, &self.frame)),
+            Subprotocol::Rkyv => self.rkyv.get_or_init(|| ws_frame(sp, &self.frame)),
         }
     }
 }
 
 /// `frame` as one complete WebSocket frame (text for JSON, binary for rkyv).
+/// The payload is encoded after room for the largest header, the header is
+/// written just in front of it, and the frame is copied once into its `Arc`.
 pub fn ws_frame(sp: Subprotocol, frame: &ServerFrame) -> Arc<[u8]> {
-    let mut payload = Vec::with_capacity(128);
-    encode_server_into(sp, frame, &mut payload);
-    ws_frame_from_payload(sp, &payload)
-}
-
-/// Wrap an already encoded payload in a WebSocket frame header.
-pub fn ws_frame_from_payload(sp: Subprotocol, payload: &[u8]) -> Arc<[u8]> {
     let opcode = match sp {
         Subprotocol::Json => OpCode::Text,
         Subprotocol::Rkyv => OpCode::Binary,
     };
-    let (hdr, hdr_len) = frame_header(opcode, payload.len());
-    let mut out = Vec::with_capacity(hdr_len + payload.len());
-    out.extend_from_slice(&hdr[..hdr_len]);
-    out.extend_from_slice(payload);
-    out.into()
+    let mut buf = Vec::with_capacity(256);
+    buf.resize(SERVER_HEADER_LEN_MAX, 0);
+    encode_server_into(sp, frame, &mut buf);
+    let (hdr, hdr_len) = frame_header(opcode, buf.len() - SERVER_HEADER_LEN_MAX);
+    let start = SERVER_HEADER_LEN_MAX - hdr_len;
+    buf[start..SERVER_HEADER_LEN_MAX].copy_from_slice(&hdr[..hdr_len]);
+    Arc::from(&buf[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::codec::{encode_frame, OpCode};
+
+    #[test]
+    fn lazy_frames_equal_a_plain_encode_for_both_subprotocols() {
+        for body_len in [0usize, 10, 200, 70_000] {
+            let f = ServerFrame::Pong { ts: body_len as u64 };
+            let big = ServerFrame::Error { code: tern_proto::ErrorCode::BadRequest, message: "x".repeat(body_len) };
+            for frame in [f, big] {
+                let e = Encoded::new(frame.clone());
+                for (sp, op) in [(Subprotocol::Json, OpCode::Text), (Subprotocol::Rkyv, OpCode::Binary)] {
+                    let mut want = Vec::new();
+                    encode_frame(op, &tern_proto::encode_server(sp, &frame), &mut want);
+                    assert_eq!(&e.for_sp(sp)[..], &want[..]);
+                    // Encoded once: the same allocation every time.
+                    assert!(Arc::ptr_eq(e.for_sp(sp), e.for_sp(sp)));
+                }
+            }
+        }
+    }
 }

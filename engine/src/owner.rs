@@ -460,7 +460,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         body: job.body,
         ts: now,
     };
-    let frame = Arc::new(Encoded::both(&ServerFrame::Msg(msg.clone())));
+    let frame = Arc::new(Encoded::new(ServerFrame::Msg(msg.clone())));
     let event = shard.shared.cfg.events.is_some().then(|| {
         Box::new(EngineEvent::MessageSent {
             conv: job.conv.clone(),
@@ -747,7 +747,7 @@ pub(crate) fn on_group_access(
             crate::shard::sync_job(shard, conn, conv, after, limit)
         }
         GroupAccess::Read { seq } => {
-            let frame = Arc::new(Encoded::both(&ServerFrame::Receipt {
+            let frame = Arc::new(Encoded::new(ServerFrame::Receipt {
                 conv: conv.to_string(),
                 user: user.as_str().to_owned(),
                 read_seq: seq,
@@ -773,7 +773,7 @@ pub(crate) fn on_group_access(
             }
         }
         GroupAccess::Typing => {
-            let f = Arc::new(Encoded::both(&ServerFrame::Typing {
+            let f = Arc::new(Encoded::new(ServerFrame::Typing {
                 conv: conv.to_string(),
                 user: user.as_str().to_owned(),
             }));
@@ -999,7 +999,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
             data: plan.data.clone(),
             ts: now,
         };
-        let frame = Arc::new(Encoded::both(&ServerFrame::Event(ev.clone())));
+        let frame = Arc::new(Encoded::new(ServerFrame::Event(ev.clone())));
         let op = WriteOp::GroupChange {
             conv: conv.clone(),
             event: Some(Entry::Event(ev)),

@@ -186,7 +186,7 @@ pub(super) fn on_frame(
             let pending = PendingRead {
                 recipients: ReadRecipients::Users(to),
                 except: me,
-                frame: Arc::new(Encoded::both(&receipt)),
+                frame: Arc::new(Encoded::new(receipt)),
             };
             if let Err(e) = store_read(shard, user, conv, seq, pending) {
                 answer(error(e.code, e.message));
@@ -209,7 +209,7 @@ pub(super) fn on_frame(
                         conv: conv.to_string(),
                         user: user.as_str().to_owned(),
                     };
-                    shard.push_users(vec![peer.clone()], None, Arc::new(Encoded::both(&f)), None);
+                    shard.push_users(vec![peer.clone()], None, Arc::new(Encoded::new(f)), None);
                 }
             }
         }

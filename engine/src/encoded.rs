@@ -20,7 +20,11 @@ pub struct Encoded {
 impl Encoded {
     /// Wrap `frame`; nothing is encoded yet.
     pub fn new(frame: ServerFrame) -> Encoded {
-        Encoded { frame, json: OnceLock::new(), rkyv: OnceLock::new() }
+        Encoded {
+            frame,
+            json: OnceLock::new(),
+            rkyv: OnceLock::new(),
+        }
     }
 
     /// The bytes for a connection speaking `sp` (encoded on first use).
@@ -57,11 +61,19 @@ mod tests {
     #[test]
     fn lazy_frames_equal_a_plain_encode_for_both_subprotocols() {
         for body_len in [0usize, 10, 200, 70_000] {
-            let f = ServerFrame::Pong { ts: body_len as u64 };
-            let big = ServerFrame::Error { code: tern_proto::ErrorCode::BadRequest, message: "x".repeat(body_len) };
+            let f = ServerFrame::Pong {
+                ts: body_len as u64,
+            };
+            let big = ServerFrame::Error {
+                code: tern_proto::ErrorCode::BadRequest,
+                message: "x".repeat(body_len),
+            };
             for frame in [f, big] {
                 let e = Encoded::new(frame.clone());
-                for (sp, op) in [(Subprotocol::Json, OpCode::Text), (Subprotocol::Rkyv, OpCode::Binary)] {
+                for (sp, op) in [
+                    (Subprotocol::Json, OpCode::Text),
+                    (Subprotocol::Rkyv, OpCode::Binary),
+                ] {
                     let mut want = Vec::new();
                     encode_frame(op, &tern_proto::encode_server(sp, &frame), &mut want);
                     assert_eq!(&e.for_sp(sp)[..], &want[..]);

@@ -169,7 +169,9 @@ impl Inner {
                 m.insert(user.clone(), at);
             }
             for shard in 0..self.shared.mesh.n_shards() {
-                self.shared.mesh.send_from_outside(shard, ShardMsg::UserGone(user.clone()));
+                self.shared
+                    .mesh
+                    .send_from_outside(shard, ShardMsg::UserGone(user.clone()));
             }
             let home = home_shard(user, self.shared.mesh.n_shards());
             self.shared.mesh.send_from_outside(

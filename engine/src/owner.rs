@@ -609,23 +609,9 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
     let stats = &shard.shared.stats;
     match res {
         Ok(()) => {
-            let conv_str: Arc<str> = p.conv.to_string().into();
-            let track = Some((conv_str, p.seq));
-            let n_recipients = match p.recipients {
-                Recipients::Users(users) => {
-                    let n = users.len();
-                    shard.push_users(users, p.except, p.frame, track);
-                    n
-                }
-                Recipients::Parts { parts, n, large } => {
-                    shard.push_parts(&parts, p.except, None, p.frame, track, large);
-                    n
-                }
-            };
-            stats.fanout(n_recipients as u64);
-            stats
-                .messages_stored
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Answer first: the ack leaves in this pass, ahead of the
+            // fan-out queued behind it (order across conversations and
+            // between ack and pushes is not promised; per-conv order is).
             match p.then {
                 Then::Msg {
                     cmid,
@@ -665,6 +651,23 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                     }
                 }
             }
+            let conv_str: Arc<str> = p.conv.to_string().into();
+            let track = Some((conv_str, p.seq));
+            let n_recipients = match p.recipients {
+                Recipients::Users(users) => {
+                    let n = users.len();
+                    shard.push_users(users, p.except, p.frame, track);
+                    n
+                }
+                Recipients::Parts { parts, n, large } => {
+                    shard.push_parts(&parts, p.except, None, p.frame, track, large);
+                    n
+                }
+            };
+            stats.fanout(n_recipients as u64);
+            stats
+                .messages_stored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Err(e) => {
             tracing::warn!(conv = %p.conv, seq = p.seq, "write failed: {e}");

@@ -122,7 +122,9 @@ async fn read_more(shard: &Shard, stream: &TcpStream, fd: i32, buf: &mut Vec<u8>
     loop {
         stream.readable(false).await.ok()?;
         let mut scratch = shard.scratch.borrow_mut();
-        let room = AUTH_PHASE_BYTES_MAX.saturating_sub(buf.len()).min(scratch.len());
+        let room = AUTH_PHASE_BYTES_MAX
+            .saturating_sub(buf.len())
+            .min(scratch.len());
         if room == 0 {
             return None;
         }

@@ -42,10 +42,10 @@ use crate::ws::codec::{close_frame, encode_frame, Assembler, OpCode};
 use conn::{Closing, Conn, Unacked};
 use timer::{TimerEntry, TimerKind, TimerWheel};
 
-/// Close codes the server uses (PROTOCOL.md).
+/// Close codes the server uses (PROTOCOL.md): the RFC 6455 ones from the
+/// codec, and Tern's application codes.
 pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
+    pub use crate::ws::codec::close_code::{GOING_AWAY, NORMAL};
     pub const UNAUTHORIZED: u16 = 4401;
     /// Ack timeout, slow consumer, or heartbeat silence.
     pub const TIMEOUT: u16 = 4408;

@@ -274,11 +274,7 @@ pub(crate) async fn mint_token<E: Engine>(
     ApiJson(body): ApiJson<MintBody>,
 ) -> Result<Json<TokenDto>, ApiError> {
     let user = parse_user(user)?;
-    let device = body
-        .device
-        .map(DeviceId::from_string)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let device = parse_device(body.device)?;
     let ttl_s = body.ttl_s.unwrap_or(TOKEN_TTL_S_DEFAULT);
     if !(1..=TOKEN_TTL_S_MAX).contains(&ttl_s) {
         return Err(ApiError::bad_request(format!(
@@ -341,11 +337,7 @@ pub(crate) async fn kick<E: Engine>(
     ApiJson(body): ApiJson<KickBody>,
 ) -> Result<Json<KickedDto>, ApiError> {
     let user = parse_user(user)?;
-    let device = body
-        .device
-        .map(DeviceId::from_string)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let device = parse_device(body.device)?;
     if let Some(reason) = &body.reason {
         if reason.len() > KICK_REASON_BYTES_MAX {
             return Err(ApiError::bad_request(format!(
@@ -358,4 +350,12 @@ pub(crate) async fn kick<E: Engine>(
     Ok(Json(KickedDto {
         kicked: kicked as u64,
     }))
+}
+
+/// An optional device id from a request body.
+fn parse_device(device: Option<String>) -> Result<Option<DeviceId>, ApiError> {
+    device
+        .map(DeviceId::from_string)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }

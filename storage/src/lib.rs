@@ -635,25 +635,29 @@ impl Storage {
     /// `index_users`), each with its max seq and this user's read seq.
     pub fn user_dm_convs(&self, user: &UserId) -> Result<Vec<ConvState>, StorageError> {
         let user_key = user.as_str().as_bytes();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::prefix_end(user_key));
-        let mut it = self
-            .inner
-            .db
-            .raw_iterator_cf_opt(self.cf(CF_USER_CONVS)?, ro);
-        it.seek(keys::prefix_start(user_key));
-        let mut conv_keys: Vec<Vec<u8>> = Vec::new();
-        while let Some(k) = it.key() {
-            let (_, conv) = keys::split_pair(k)
-                .ok_or_else(|| StorageError::Corrupt("user_convs key without separator".into()))?;
-            conv_keys.push(conv.to_vec());
-            it.next();
-        }
-        it.status().map_err(|e| ctx("scan user_convs", e))?;
-        conv_keys
+        self.pair_seconds(CF_USER_CONVS, user_key)?
             .iter()
             .map(|conv| self.state_of(user_key, conv))
             .collect()
+    }
+
+    /// The second halves of every `first 0x00 second` key of `cf_name`
+    /// (an index scan such as `user_convs` or `user_groups`), in key order.
+    fn pair_seconds(&self, cf_name: &str, first: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(keys::prefix_end(first));
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(cf_name)?, ro);
+        it.seek(keys::prefix_start(first));
+        let mut seconds = Vec::new();
+        while let Some(k) = it.key() {
+            let (_, second) = keys::split_pair(k)
+                .ok_or_else(|| StorageError::Corrupt(format!("{cf_name} key without separator")))?;
+            seconds.push(second.to_vec());
+            it.next();
+        }
+        it.status()
+            .map_err(|e| ctx(&format!("scan {cf_name}"), e))?;
+        Ok(seconds)
     }
 
     /// `user`'s view of `conv`; zeros for a conversation never written.
@@ -783,24 +787,12 @@ impl Storage {
     /// max seq, the user's read seq), in group-id byte order.
     pub fn user_groups(&self, user: &UserId) -> Result<Vec<ConvState>, StorageError> {
         let user_key = user.as_str().as_bytes();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(keys::prefix_end(user_key));
-        let mut it = self
-            .inner
-            .db
-            .raw_iterator_cf_opt(self.cf(CF_USER_GROUPS)?, ro);
-        it.seek(keys::prefix_start(user_key));
-        let mut conv_keys: Vec<String> = Vec::new();
-        while let Some(k) = it.key() {
-            let (_, group) = keys::split_pair(k)
-                .ok_or_else(|| StorageError::Corrupt("user_groups key without separator".into()))?;
-            conv_keys.push(ConvId::Group(parse_group(group)?).to_string());
-            it.next();
-        }
-        it.status().map_err(|e| ctx("scan user_groups", e))?;
-        conv_keys
+        self.pair_seconds(CF_USER_GROUPS, user_key)?
             .iter()
-            .map(|conv| self.state_of(user_key, conv.as_bytes()))
+            .map(|group| {
+                let conv = ConvId::Group(parse_group(group)?).to_string();
+                self.state_of(user_key, conv.as_bytes())
+            })
             .collect()
     }
 

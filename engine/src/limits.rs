@@ -40,10 +40,9 @@ pub const AUTH_TIMEOUT_MS: u64 = 5_000;
 /// Bytes of a pending handshake plus the auth frame.
 pub const AUTH_PHASE_BYTES_MAX: usize = 8 * 1024 + 4 * 1024;
 
-/// `sync` page size: default and maximum (PROTOCOL.md).
-pub const SYNC_LIMIT_DEFAULT: u32 = 100;
-/// See [`SYNC_LIMIT_DEFAULT`].
-pub const SYNC_LIMIT_MAX: u32 = 500;
+/// `sync` page size: default and maximum (PROTOCOL.md), defined with the
+/// frame that carries them.
+pub use tern_proto::{SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX};
 
 /// After the server sends a close frame it waits this long for the client's
 /// close before dropping the socket.
@@ -70,5 +69,4 @@ pub const SHUTDOWN_DRAIN_MS: u64 = 3_000;
 pub const LISTEN_BACKLOG: i32 = 4096;
 
 const _: () = assert!(UNACKED_MAX >= 64, "clients ack every 64 entries");
-const _: () = assert!(SYNC_LIMIT_DEFAULT <= SYNC_LIMIT_MAX);
 const _: () = assert!(TIMER_SLOTS.is_power_of_two());

@@ -30,6 +30,10 @@ pub struct EngineConfig {
     pub send_burst: u32,
     /// Where events for webhooks go (bounded: [`crate::hooks::EVENT_QUEUE_MAX`]).
     pub events: Option<crossbeam_channel::Sender<crate::hooks::EngineEvent>>,
+    /// Run on every shard thread at each timer tick (100 ms). The binary
+    /// uses it to have the allocator return pages freed on that thread (a
+    /// connect storm's handshake buffers), which it would otherwise keep.
+    pub housekeeping: Option<fn()>,
     /// The optional before-send veto.
     pub before_send: Option<std::sync::Arc<dyn crate::hooks::BeforeSend>>,
 }
@@ -50,6 +54,7 @@ impl EngineConfig {
             send_rate_per_s: 50,
             send_burst: 200,
             events: None,
+            housekeeping: None,
             before_send: None,
         }
     }

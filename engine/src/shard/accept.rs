@@ -12,7 +12,7 @@ use tern_proto::{
     decode_client, ClientFrame, DeviceId, ErrorCode, ServerFrame, Subprotocol, UserId,
 };
 
-use super::sockio::{recv_nb, would_block, write_all};
+use super::sockio::{self, recv_nb, would_block, write_all};
 use super::{close_code, Shard};
 use crate::encoded::ws_frame;
 use crate::limits::{AUTH_PHASE_BYTES_MAX, AUTH_TIMEOUT_MS};
@@ -74,7 +74,7 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
     let home = home_shard(&authed.user, shard.n_shards());
     if home == shard.idx {
         shard.adopt(
-            stream,
+            sockio::detach(stream),
             authed.user,
             authed.device,
             authed.sp,
@@ -82,19 +82,8 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
         );
         return;
     }
-    // Move the socket: an fd travels, this shard's copy closes. A dup is
-    // used because it is safe whatever monoio still holds; it costs a second
-    // fd for a moment, so near the open-files limit it can fail (EMFILE).
-    // Then the stream's own fd moves: the auth phase completed every
-    // operation on it, so monoio holds no other reference to it.
-    // SAFETY: plain syscall on an fd we own.
-    let dup = match unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } {
-        d if d >= 0 => {
-            drop(stream);
-            d
-        }
-        _ => std::os::fd::IntoRawFd::into_raw_fd(stream),
-    };
+    // Move the socket: an fd travels (see `sockio::detach`).
+    let dup = std::os::fd::IntoRawFd::into_raw_fd(sockio::detach(stream));
     shard.mesh_send(
         home,
         ShardMsg::Adopt(Adopt {

@@ -1,15 +1,14 @@
 //! One authenticated WebSocket connection, owned by its home shard.
 //!
-//! Memory per idle connection is this struct plus the ids: no read buffer
+//! Memory per idle connection is this struct plus the ids (no task, no
+//! monoio stream: readiness comes from the shard's poller), no read buffer
 //! (`partial` is empty with no capacity unless a frame arrived in pieces), an
 //! empty outbound queue and an empty unacked list.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use monoio::net::TcpStream;
 use tern_proto::{DeviceId, Subprotocol, UserId};
 
 use crate::ws::codec::Assembler;
@@ -55,8 +54,8 @@ pub struct GroupTrack {
 
 pub struct Conn {
     pub gen: u32,
-    pub stream: Rc<TcpStream>,
-    pub fd: RawFd,
+    /// The socket; closed when the `Conn` drops (after the poller let go).
+    pub sock: OwnedFd,
     pub user: UserId,
     pub device: DeviceId,
     pub sp: Subprotocol,
@@ -88,6 +87,10 @@ pub struct Conn {
 }
 
 impl Conn {
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
     /// The tracking record of `conv`, created (evicting the least recently
     /// used beyond the bound) if missing.
     pub fn group_track(&mut self, conv: &str) -> &mut GroupTrack {

@@ -8,8 +8,9 @@
 //! - nothing here blocks on RocksDB except the two point reads in `owner.rs`
 //!   (dedup, user exists), which hit memtable/block cache/bloom filters.
 //!
-//! Tasks on the shard's runtime: the acceptor (`accept.rs`), one reader per
-//! connection (`reader.rs`), the inbox, the flusher and the ticker below. All
+//! Tasks on the shard's runtime: the acceptor (`accept.rs`), the socket
+//! loop (readiness of every connection from one epoll set, `poller.rs`, read
+//! by `reader.rs`), the inbox, the flusher and the ticker below. All
 //! state is in [`Shard`] behind `RefCell`s; no borrow is ever held across an
 //! `.await`.
 
@@ -17,7 +18,9 @@ mod accept;
 mod client;
 pub mod conn;
 pub(crate) use client::{authorize_send, sync_job};
+mod poller;
 mod reader;
+mod slab;
 pub mod sockio;
 pub mod timer;
 
@@ -29,8 +32,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
 use hashbrown::HashMap;
-use monoio::net::TcpStream;
 use tern_proto::{DeviceId, ServerFrame, Subprotocol, UserId};
 
 use crate::encoded::{ws_frame, Encoded};
@@ -80,54 +84,10 @@ impl LocalNotify {
     }
 }
 
-/// Connection slots with generations.
-#[derive(Default)]
-pub(crate) struct Slab {
-    slots: Vec<Option<Conn>>,
-    gens: Vec<u32>,
-    free: Vec<u32>,
-    len: usize,
-}
-
-impl Slab {
-    fn next_slot(&mut self) -> (u32, u32) {
-        if let Some(s) = self.free.pop() {
-            (s, self.gens[s as usize])
-        } else {
-            self.slots.push(None);
-            self.gens.push(0);
-            ((self.slots.len() - 1) as u32, 0)
-        }
-    }
-
-    fn get_mut(&mut self, slot: u32, gen: u32) -> Option<&mut Conn> {
-        match self.slots.get_mut(slot as usize) {
-            Some(Some(c)) if c.gen == gen => Some(c),
-            _ => None,
-        }
-    }
-
-    fn remove(&mut self, slot: u32, gen: u32) -> Option<Conn> {
-        let s = self.slots.get_mut(slot as usize)?;
-        if s.as_ref().map(|c| c.gen) != Some(gen) {
-            return None;
-        }
-        let c = s.take();
-        self.gens[slot as usize] = gen.wrapping_add(1);
-        self.free.push(slot);
-        self.len -= 1;
-        c
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-}
-
 pub(crate) struct Shard {
     pub idx: ShardIdx,
     pub shared: Arc<Shared>,
-    pub conns: RefCell<Slab>,
+    pub conns: RefCell<slab::Slab>,
     /// user → connection slots on this (its home) shard.
     pub users: RefCell<HashMap<UserId, Vec<(u32, u32)>>>,
     pub owner: RefCell<Owner>,
@@ -144,16 +104,18 @@ pub(crate) struct Shard {
     actions: RefCell<Vec<reader::Action>>,
     pub shutting_down: Cell<bool>,
     stop: LocalNotify,
+    /// Readiness of every connection socket.
+    poller: poller::Poller,
 }
 
 impl Shard {
-    fn new(idx: ShardIdx, shared: Arc<Shared>, owner: Owner) -> Shard {
+    fn new(idx: ShardIdx, shared: Arc<Shared>, owner: Owner, poller: poller::Poller) -> Shard {
         let n = shared.mesh.n_shards();
         let scratch = vec![0u8; shared.cfg.frame_bytes_max + 16 * 1024];
         Shard {
             idx,
             shared,
-            conns: RefCell::new(Slab::default()),
+            conns: RefCell::new(slab::Slab::default()),
             users: RefCell::new(HashMap::new()),
             owner: RefCell::new(owner),
             outbox: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -165,6 +127,7 @@ impl Shard {
             actions: RefCell::new(Vec::new()),
             shutting_down: Cell::new(false),
             stop: LocalNotify::default(),
+            poller,
         }
     }
 
@@ -196,16 +159,16 @@ impl Shard {
     /// existing connection of the same (user, device) (PROTOCOL.md session 4).
     pub fn adopt(
         self: &Rc<Self>,
-        stream: TcpStream,
+        sock: OwnedFd,
         user: UserId,
         device: DeviceId,
         sp: Subprotocol,
         leftover: Vec<u8>,
     ) {
         debug_assert_eq!(crate::mesh::home_shard(&user, self.n_shards()), self.idx);
-        let _ = stream.set_nodelay(true);
+        sockio::set_nodelay(sock.as_raw_fd());
         if self.shutting_down.get() {
-            return; // dropping the stream closes it
+            return; // dropping the socket closes it
         }
         // Replace the same device.
         let old: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
@@ -221,36 +184,41 @@ impl Shard {
             }
         }
         let now = now_ms();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-        let stream = Rc::new(stream);
         let (slot, gen) = {
             let mut conns = self.conns.borrow_mut();
-            let (slot, gen) = conns.next_slot();
-            conns.slots[slot as usize] = Some(Conn {
-                gen,
-                stream: stream.clone(),
-                fd,
-                user: user.clone(),
-                device: device.clone(),
-                sp,
-                since_ms: now,
-                send_tokens: self.shared.cfg.send_burst,
-                send_refill_ms: now,
-                groups: Vec::new(),
-                partial: Vec::new(),
-                asm: Assembler::new(self.shared.cfg.frame_bytes_max),
-                outq: Default::default(),
-                out_head_off: 0,
-                out_bytes: 0,
-                dirty: false,
-                write_waiting: false,
-                unacked: Default::default(),
-                ack_timer_armed: false,
-                last_rx_ms: now,
-                pinged: false,
-                closing: Closing::Open,
-            });
-            conns.len += 1;
+            let (slot, gen) = conns.vacant();
+            if let Err(e) = self.poller.add(sock.as_raw_fd(), poller::key(slot, gen)) {
+                // Only on resource exhaustion (ENOMEM, max_user_watches):
+                // refuse this connection rather than hold it unread.
+                tracing::warn!(shard = self.idx, "cannot watch a socket: {e}");
+                return;
+            }
+            conns.insert(
+                slot,
+                Conn {
+                    gen,
+                    sock,
+                    user: user.clone(),
+                    device: device.clone(),
+                    sp,
+                    since_ms: now,
+                    send_tokens: self.shared.cfg.send_burst,
+                    send_refill_ms: now,
+                    groups: Vec::new(),
+                    partial: Vec::new(),
+                    asm: Assembler::new(self.shared.cfg.frame_bytes_max),
+                    outq: Default::default(),
+                    out_head_off: 0,
+                    out_bytes: 0,
+                    dirty: false,
+                    write_waiting: false,
+                    unacked: Default::default(),
+                    ack_timer_armed: false,
+                    last_rx_ms: now,
+                    pinged: false,
+                    closing: Closing::Open,
+                },
+            );
             (slot, gen)
         };
         self.users
@@ -280,15 +248,16 @@ impl Shard {
                 kind: TimerKind::Idle,
             },
         );
-        let me = self.clone();
-        monoio::spawn(reader::run(me, slot, gen, stream, leftover));
+        reader::on_adopted(self, slot, gen, leftover);
     }
 
-    /// Called by the connection's reader task when it ends.
+    /// Called by the reader when a connection ends (end of stream, error,
+    /// or done closing).
     pub fn remove_conn(&self, slot: u32, gen: u32) {
         let Some(c) = self.conns.borrow_mut().remove(slot, gen) else {
             return;
         };
+        self.poller.remove(c.fd());
         let mut users = self.users.borrow_mut();
         if let Some(v) = users.get_mut(&c.user) {
             v.retain(|&(s, g)| !(s == slot && g == gen));
@@ -302,7 +271,7 @@ impl Shard {
             device: c.device.clone(),
             ts: now_ms(),
         });
-        // `c.stream` drops here (after the reader's clone): the fd closes.
+        // `c.sock` drops here: the fd closes.
     }
 
     pub fn conn_ref(&self, slot: u32, gen: u32) -> ConnRef {
@@ -381,7 +350,7 @@ impl Shard {
     /// Drop the connection now (no close handshake): its reader ends.
     pub fn abort(&self, slot: u32, gen: u32) {
         if let Some(c) = self.conns.borrow_mut().get_mut(slot, gen) {
-            sockio::shutdown(c.fd, libc::SHUT_RDWR);
+            sockio::shutdown(c.fd(), libc::SHUT_RDWR);
         }
     }
 
@@ -421,7 +390,7 @@ impl Shard {
                 iov[i] = IoSlice::new(if i == 0 { &f[c.out_head_off..] } else { &f[..] });
                 n_iov += 1;
             }
-            match sockio::sendv_nb(c.fd, &iov[..n_iov]) {
+            match sockio::sendv_nb(c.fd(), &iov[..n_iov]) {
                 Ok(mut n) => {
                     c.out_bytes -= n;
                     while n > 0 {
@@ -437,28 +406,21 @@ impl Shard {
                     }
                 }
                 Err(e) if sockio::would_block(&e) => {
-                    c.write_waiting = true;
-                    let stream = c.stream.clone();
-                    let me = self.clone();
-                    monoio::spawn(async move {
-                        let ok = stream.writable(false).await.is_ok();
-                        let mut conns = me.conns.borrow_mut();
-                        if let Some(c) = conns.get_mut(slot, gen) {
-                            c.write_waiting = false;
-                            if !ok {
-                                sockio::shutdown(c.fd, libc::SHUT_RDWR);
-                            } else if !c.dirty {
-                                c.dirty = true;
-                                me.dirty.borrow_mut().push((slot, gen));
-                            }
-                        }
-                        drop(conns);
-                        me.flush.notify();
-                    });
+                    // The send buffer is full: wait for the poller's EPOLLOUT
+                    // (on_writable) before writing again.
+                    if self
+                        .poller
+                        .want_write(c.fd(), poller::key(slot, gen), true)
+                        .is_err()
+                    {
+                        sockio::shutdown(c.fd(), libc::SHUT_RDWR);
+                    } else {
+                        c.write_waiting = true;
+                    }
                     return;
                 }
                 Err(_) => {
-                    sockio::shutdown(c.fd, libc::SHUT_RDWR);
+                    sockio::shutdown(c.fd(), libc::SHUT_RDWR);
                     c.outq.clear();
                     c.out_bytes = 0;
                     return;
@@ -468,8 +430,32 @@ impl Shard {
         if c.closing == Closing::CloseSent {
             // Our close frame is out: no more writes from us (RFC 6455 7.1.1
             // lets the server close the TCP connection first).
-            sockio::shutdown(c.fd, libc::SHUT_WR);
+            sockio::shutdown(c.fd(), libc::SHUT_WR);
         }
+    }
+
+    /// The poller saw room in a full send buffer: write again.
+    fn on_writable(&self, slot: u32, gen: u32) {
+        let mut conns = self.conns.borrow_mut();
+        let Some(c) = conns.get_mut(slot, gen) else {
+            return;
+        };
+        if !c.write_waiting {
+            return;
+        }
+        c.write_waiting = false;
+        if self
+            .poller
+            .want_write(c.fd(), poller::key(slot, gen), false)
+            .is_err()
+        {
+            sockio::shutdown(c.fd(), libc::SHUT_RDWR);
+        } else if !c.dirty {
+            c.dirty = true;
+            self.dirty.borrow_mut().push((slot, gen));
+        }
+        drop(conns);
+        self.flush.notify();
     }
 
     /// End of a loop pass: send the mesh batches, write the dirty sockets.
@@ -813,12 +799,8 @@ impl Shard {
             ShardMsg::Adopt(a) => {
                 // SAFETY: the fd was dup'ed for us by the accepting shard and
                 // is owned by nobody else.
-                let std =
-                    unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
-                match TcpStream::from_std(std) {
-                    Ok(s) => self.adopt(s, a.user, a.device, a.sp, a.leftover),
-                    Err(e) => tracing::warn!("adopting a socket failed: {e}"),
-                }
+                let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
+                self.adopt(sock, a.user, a.device, a.sp, a.leftover);
             }
             ShardMsg::Send(job) => crate::owner::on_send(self, job),
             ShardMsg::Committed(results) => crate::owner::on_committed(self, results),
@@ -889,15 +871,7 @@ impl Shard {
         while self.owner.borrow().in_flight() > 0 && now_ms() < deadline {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
-        let all: Vec<(u32, u32)> = {
-            let conns = self.conns.borrow();
-            conns
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, c)| c.as_ref().map(|c| (i as u32, c.gen)))
-                .collect()
-        };
+        let all = self.conns.borrow().keys();
         for (slot, gen) in all {
             self.close(slot, gen, close_code::GOING_AWAY, "server shutting down");
         }
@@ -917,7 +891,14 @@ pub(crate) fn run(
     owner: Owner,
 ) {
     let body = async move {
-        let shard = Rc::new(Shard::new(idx, shared, owner));
+        let poller = match poller::Poller::new() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(shard = idx, "cannot create the socket poller: {e}");
+                return;
+            }
+        };
+        let shard = Rc::new(Shard::new(idx, shared, owner, poller));
         match monoio::net::TcpListener::from_std(listener) {
             Ok(l) => {
                 monoio::spawn(accept::run(shard.clone(), l));
@@ -927,6 +908,7 @@ pub(crate) fn run(
                 return;
             }
         }
+        monoio::spawn(socket_loop(shard.clone()));
         monoio::spawn(inbox_loop(shard.clone(), inbox));
         monoio::spawn(flush_loop(shard.clone()));
         monoio::spawn(tick_loop(shard.clone()));
@@ -993,6 +975,46 @@ async fn yield_now() {
     .await
 }
 
+/// Poll batches of ready connections per wakeup before letting the other
+/// tasks (inbox, flusher) run.
+const POLLS_PER_WAKE_MAX: usize = 4;
+
+/// Every connection's reads (and write wakeups): one wait for the epoll set,
+/// then batches of ready sockets handled in place.
+async fn socket_loop(shard: Rc<Shard>) {
+    let mut ready = Vec::with_capacity(poller::EVENTS_PER_POLL);
+    loop {
+        if let Err(e) = shard.poller.wait().await {
+            // Not expected for an epoll fd; don't spin on it.
+            tracing::error!(shard = shard.idx, "socket poller: {e}");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        for _ in 0..POLLS_PER_WAKE_MAX {
+            let more = match shard.poller.poll(&mut ready) {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::error!(shard = shard.idx, "epoll_wait: {e}");
+                    false
+                }
+            };
+            for r in ready.drain(..) {
+                if r.writable {
+                    shard.on_writable(r.slot, r.gen);
+                }
+                if r.readable {
+                    reader::on_readable(&shard, r.slot, r.gen);
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        // Let the inbox and the flusher run before the next batch.
+        yield_now().await;
+    }
+}
+
 async fn flush_loop(shard: Rc<Shard>) {
     loop {
         shard.flush.wait().await;
@@ -1008,6 +1030,9 @@ async fn tick_loop(shard: Rc<Shard>) {
         shard.timers.borrow_mut().expire(now, &mut due);
         for e in due.drain(..) {
             shard.on_timer(e, now);
+        }
+        if let Some(f) = shard.shared.cfg.housekeeping {
+            f();
         }
         if shard.outbox_pending.get() {
             shard.flush.notify();

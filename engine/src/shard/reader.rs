@@ -1,11 +1,10 @@
-//! The read side of one connection: wait for readability, read into the
-//! shard's scratch buffer, cut WebSocket frames (keeping only a partial frame
-//! between reads), decode, then act on them with no borrow held.
+//! The read side of a connection, run when the shard's poller reports it
+//! readable: read into the shard's scratch buffer, cut WebSocket frames
+//! (keeping only a partial frame between reads), decode, then act on them
+//! with no borrow held.
 
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use monoio::net::TcpStream;
 use tern_proto::{decode_client, ClientFrame, DecodeError};
 
 use super::conn::Closing;
@@ -16,7 +15,7 @@ use crate::ws::codec::{
     check_client_header, close_frame, encode_frame, parse_client_frame, Message, OpCode, WsError,
 };
 
-/// Reads per readiness wakeup before yielding to other connections.
+/// Reads per readiness report before the next connection's turn.
 const READS_PER_WAKE_MAX: usize = 4;
 
 /// What the bytes of one read asked for.
@@ -27,63 +26,53 @@ pub(super) enum Action {
     Fatal(WsError),
 }
 
-pub(super) async fn run(
-    shard: Rc<Shard>,
-    slot: u32,
-    gen: u32,
-    stream: Rc<TcpStream>,
-    mut leftover: Vec<u8>,
-) {
-    let fd = stream.as_raw_fd();
-    // The actions buffer is the shard's, borrowed per read: an idle
-    // connection's task holds no Vec capacity.
-    if !leftover.is_empty() {
+/// Bytes that arrived with the handshake, before the connection was
+/// registered: handle them as if just read.
+pub(super) fn on_adopted(shard: &Rc<Shard>, slot: u32, gen: u32, mut leftover: Vec<u8>) {
+    if leftover.is_empty() {
+        return;
+    }
+    let mut actions = shard.take_actions();
+    cut_frames(shard, slot, gen, &mut leftover, &mut actions);
+    let alive = dispatch(shard, slot, gen, &mut actions);
+    shard.put_actions(actions);
+    if !alive {
+        finish(shard, slot, gen);
+    }
+}
+
+/// The socket is readable (or at end of stream, or failed): read it, at most
+/// [`READS_PER_WAKE_MAX`] times. The poller is level-triggered, so bytes
+/// left over are reported again on the next poll.
+pub(super) fn on_readable(shard: &Rc<Shard>, slot: u32, gen: u32) {
+    let Some(fd) = shard.conns.borrow_mut().get_mut(slot, gen).map(|c| c.fd()) else {
+        return; // a stale event: the connection is gone
+    };
+    for _ in 0..READS_PER_WAKE_MAX {
         let mut actions = shard.take_actions();
-        cut_frames(&shard, slot, gen, &mut leftover, &mut actions);
-        let alive = dispatch(&shard, slot, gen, &mut actions);
+        let got = {
+            let mut scratch = shard.scratch.borrow_mut();
+            match recv_nb(fd, &mut scratch) {
+                Ok(0) => Err(()),
+                Ok(n) => {
+                    cut_frames(shard, slot, gen, &mut scratch[..n], &mut actions);
+                    Ok(Some(n == scratch.len()))
+                }
+                Err(e) if would_block(&e) => Ok(None),
+                Err(_) => Err(()),
+            }
+        };
+        let alive = got.is_ok() && dispatch(shard, slot, gen, &mut actions);
+        actions.clear();
         shard.put_actions(actions);
         if !alive {
-            return finish(&shard, slot, gen);
+            return finish(shard, slot, gen);
+        }
+        match got {
+            Ok(Some(true)) => continue, // buffer was full: more may be waiting
+            _ => break,
         }
     }
-    'conn: loop {
-        if stream.readable(false).await.is_err() {
-            break;
-        }
-        for _ in 0..READS_PER_WAKE_MAX {
-            let mut actions = shard.take_actions();
-            let got = {
-                let mut scratch = shard.scratch.borrow_mut();
-                match recv_nb(fd, &mut scratch) {
-                    Ok(0) => {
-                        drop(scratch);
-                        shard.put_actions(actions);
-                        break 'conn;
-                    }
-                    Ok(n) => {
-                        cut_frames(&shard, slot, gen, &mut scratch[..n], &mut actions);
-                        Some(n == scratch.len())
-                    }
-                    Err(e) if would_block(&e) => None,
-                    Err(_) => {
-                        drop(scratch);
-                        shard.put_actions(actions);
-                        break 'conn;
-                    }
-                }
-            };
-            let alive = dispatch(&shard, slot, gen, &mut actions);
-            shard.put_actions(actions);
-            if !alive {
-                break 'conn;
-            }
-            match got {
-                Some(true) => continue, // buffer was full: more may be waiting
-                _ => break,
-            }
-        }
-    }
-    finish(&shard, slot, gen);
 }
 
 fn finish(shard: &Rc<Shard>, slot: u32, gen: u32) {

@@ -5,7 +5,7 @@
 //! flags, so monoio's own operations on the fd are unaffected.
 
 use std::io::{self, IoSlice};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 /// `recv` without blocking. `Ok(0)` is end of stream.
 pub fn recv_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -38,6 +38,41 @@ pub fn shutdown(fd: RawFd, how: libc::c_int) {
     unsafe {
         libc::shutdown(fd, how);
     }
+}
+
+/// Disable Nagle: frames are already batched per loop pass.
+pub fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` lives for the call; errors only cost latency.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Take the socket out of monoio after the handshake, as a plain fd that the
+/// home shard's poller watches. A dup is used because it is safe whatever
+/// monoio still holds; it costs a second fd for a moment, so near the
+/// open-files limit it can fail (EMFILE). Then the stream's own fd is taken:
+/// the handshake completed every operation on it, so monoio holds no other
+/// reference to it.
+pub fn detach(stream: monoio::net::TcpStream) -> OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    // SAFETY: plain syscall on an fd we own.
+    let dup = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    let fd = if dup >= 0 {
+        drop(stream);
+        dup
+    } else {
+        stream.into_raw_fd()
+    };
+    // SAFETY: `fd` is open and owned by nobody else now.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Is this error "try again later"?

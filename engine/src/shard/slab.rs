@@ -1,0 +1,91 @@
+//! A shard's connections, addressed by (slot, generation).
+//!
+//! Storage grows in fixed chunks that are never moved: a single growing
+//! `Vec` would copy every connection on each doubling and leave the old
+//! buffers to the allocator, which keeps them resident (measured: about half
+//! of an idle connection's cost before this, docs/BENCHMARKS.md).
+
+use super::conn::Conn;
+
+/// Connections per chunk: ~280 KB each, allocated as one block whose pages
+/// are only touched as slots fill.
+const CHUNK: usize = 1024;
+
+/// Connection slots with generations.
+#[derive(Default)]
+pub(crate) struct Slab {
+    chunks: Vec<Vec<Option<Conn>>>,
+    /// Generation of each slot handed out; bumped when its connection goes.
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slab {
+    /// A free slot and the generation its next connection must carry.
+    pub fn vacant(&mut self) -> (u32, u32) {
+        if let Some(&s) = self.free.last() {
+            return (s, self.gens[s as usize]);
+        }
+        let s = self.gens.len();
+        if s.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let chunk = &mut self.chunks[s / CHUNK];
+        debug_assert!(chunk.len() < CHUNK, "a chunk never reallocates");
+        chunk.push(None);
+        self.gens.push(0);
+        self.free.push(s as u32);
+        (s as u32, 0)
+    }
+
+    /// Put `c` into the slot [`Slab::vacant`] returned last.
+    pub fn insert(&mut self, slot: u32, c: Conn) {
+        debug_assert_eq!(self.free.last(), Some(&slot));
+        debug_assert_eq!(self.gens[slot as usize], c.gen);
+        self.free.pop();
+        let s = slot as usize;
+        let cell = &mut self.chunks[s / CHUNK][s % CHUNK];
+        debug_assert!(cell.is_none());
+        *cell = Some(c);
+        self.len += 1;
+    }
+
+    pub fn get_mut(&mut self, slot: u32, gen: u32) -> Option<&mut Conn> {
+        let s = slot as usize;
+        match self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK) {
+            Some(Some(c)) if c.gen == gen => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn remove(&mut self, slot: u32, gen: u32) -> Option<Conn> {
+        let s = slot as usize;
+        let cell = self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK)?;
+        if cell.as_ref().map(|c| c.gen) != Some(gen) {
+            return None;
+        }
+        let c = cell.take();
+        self.gens[s] = gen.wrapping_add(1);
+        self.free.push(slot);
+        self.len -= 1;
+        c
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// (slot, gen) of every connection.
+    pub fn keys(&self) -> Vec<(u32, u32)> {
+        let mut out = Vec::with_capacity(self.len);
+        for (ci, chunk) in self.chunks.iter().enumerate() {
+            for (i, c) in chunk.iter().enumerate() {
+                if let Some(c) = c {
+                    out.push(((ci * CHUNK + i) as u32, c.gen));
+                }
+            }
+        }
+        out
+    }
+}

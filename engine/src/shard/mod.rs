@@ -201,6 +201,7 @@ impl Shard {
         device: DeviceId,
         sp: Subprotocol,
         leftover: Vec<u8>,
+        permit: crate::conn_limit::ConnPermit,
     ) {
         debug_assert_eq!(crate::mesh::home_shard(&user, self.n_shards()), self.idx);
         let _ = stream.set_nodelay(true);
@@ -249,6 +250,7 @@ impl Shard {
                 last_rx_ms: now,
                 pinged: false,
                 closing: Closing::Open,
+                _permit: permit,
             });
             conns.len += 1;
             (slot, gen)
@@ -816,7 +818,7 @@ impl Shard {
                 let std =
                     unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
                 match TcpStream::from_std(std) {
-                    Ok(s) => self.adopt(s, a.user, a.device, a.sp, a.leftover),
+                    Ok(s) => self.adopt(s, a.user, a.device, a.sp, a.leftover, a.permit),
                     Err(e) => tracing::warn!("adopting a socket failed: {e}"),
                 }
             }

@@ -127,9 +127,16 @@ const PAIR_EVERY: Duration = Duration::from_millis(20);
 const SLOW_CLOSED_WITHIN: Duration = Duration::from_secs(30);
 
 /// Posts `group:flood` messages as `system` until `stop`; counts them.
-fn spawn_flood(s: &Server, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+fn spawn_flood(
+    s: &Server,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     let url = s.url("/v1/messages");
-    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let body = json!({"to": "group:flood", "kind": "text", "body": "f".repeat(FLOOD_BODY_BYTES)});
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(FLOOD_EVERY);
@@ -164,8 +171,10 @@ async fn measure_pairs(pairs: &mut Vec<(Client, Client, String)>, phase: &str) -
                 n += 1;
                 let cmid = format!("{phase}-{i}-{n}");
                 let t0 = Instant::now();
-                snd.send(&json!({"type": "send", "cmid": cmid, "to": to, "kind": "text", "body": "x"}))
-                    .await;
+                snd.send(
+                    &json!({"type": "send", "cmid": cmid, "to": to, "kind": "text", "body": "x"}),
+                )
+                .await;
                 let want = cmid.clone();
                 let m = rcv
                     .expect_where(REPLY, "the pair's message", move |v| {
@@ -173,8 +182,11 @@ async fn measure_pairs(pairs: &mut Vec<(Client, Client, String)>, phase: &str) -
                     })
                     .await;
                 lat.push(t0.elapsed());
-                rcv.ack(m["conv"].as_str().expect("conv"), m["seq"].as_u64().expect("seq"))
-                    .await;
+                rcv.ack(
+                    m["conv"].as_str().expect("conv"),
+                    m["seq"].as_u64().expect("seq"),
+                )
+                .await;
                 let ack = snd.answer_to(&cmid).await;
                 assert_eq!(ack["type"], "send_ack", "{ack}");
                 tokio::time::sleep(PAIR_EVERY).await;
@@ -224,8 +236,11 @@ async fn never_reading_client_is_closed_without_raising_others_p99() {
                 if let Ok(v) = c.next(Duration::from_millis(200)).await {
                     if v["type"] == "msg" {
                         got += 1;
-                        c.ack(v["conv"].as_str().expect("conv"), v["seq"].as_u64().expect("seq"))
-                            .await;
+                        c.ack(
+                            v["conv"].as_str().expect("conv"),
+                            v["seq"].as_u64().expect("seq"),
+                        )
+                        .await;
                     }
                 }
             }
@@ -263,9 +278,14 @@ async fn never_reading_client_is_closed_without_raising_others_p99() {
         let url = s.url("");
         let users = slow.clone();
         tokio::spawn(async move {
-            let http = reqwest::Client::builder().no_proxy().build().expect("client");
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client");
             let mut closed_at = vec![None; users.len()];
-            while closed_at.iter().any(Option::is_none) && flood_start.elapsed() < SLOW_CLOSED_WITHIN {
+            while closed_at.iter().any(Option::is_none)
+                && flood_start.elapsed() < SLOW_CLOSED_WITHIN
+            {
                 for (i, u) in users.iter().enumerate() {
                     if closed_at[i].is_some() {
                         continue;
@@ -315,7 +335,12 @@ async fn never_reading_client_is_closed_without_raising_others_p99() {
 
     let (b50, b99) = (quantile(&mut base, 0.5), quantile(&mut base, 0.99));
     let (s50, s99) = (quantile(&mut slowed, 0.5), quantile(&mut slowed, 0.99));
-    let worst_close = closed_at.iter().flatten().max().copied().unwrap_or_default();
+    let worst_close = closed_at
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or_default();
     eprintln!(
         "FIGURE slow-consumer: baseline p50 {:.2} ms p99 {:.2} ms (n={}, flood {} msgs); \
          with {SLOW_CLIENTS} never-reading clients p50 {:.2} ms p99 {:.2} ms (n={}, flood {} msgs); \
@@ -355,8 +380,11 @@ async fn measure_pairs_short(pairs: &mut [(Client, Client, String)]) -> usize {
             let ack = snd.send_msg(&cmid, to, "text", json!("w")).await;
             assert_eq!(ack["type"], "send_ack", "{ack}");
             let m = rcv.expect("msg", REPLY).await;
-            rcv.ack(m["conv"].as_str().expect("conv"), m["seq"].as_u64().expect("seq"))
-                .await;
+            rcv.ack(
+                m["conv"].as_str().expect("conv"),
+                m["seq"].as_u64().expect("seq"),
+            )
+            .await;
             n += 1;
         }
     }
@@ -514,7 +542,11 @@ async fn slowloris_is_cut_at_the_handshake_deadline_and_does_not_block_others() 
             tcp.read_exact(&mut b).expect("101 head");
             head.push(b[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&head)
+        );
         std::thread::spawn(move || trickle(tcp, &auth_frame, until))
     };
 
@@ -528,8 +560,11 @@ async fn slowloris_is_cut_at_the_handshake_deadline_and_does_not_block_others() 
         let m = b.expect("msg", REPLY).await;
         worst = worst.max(t0.elapsed());
         assert_eq!(ack["type"], "send_ack");
-        b.ack(m["conv"].as_str().expect("conv"), m["seq"].as_u64().expect("seq"))
-            .await;
+        b.ack(
+            m["conv"].as_str().expect("conv"),
+            m["seq"].as_u64().expect("seq"),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(worst < Duration::from_secs(1), "others waited {worst:?}");
@@ -537,16 +572,26 @@ async fn slowloris_is_cut_at_the_handshake_deadline_and_does_not_block_others() 
     let mut open_for = Vec::new();
     for l in lorises {
         let (took, written, got) = l.join().expect("loris");
-        assert!(written < request.len(), "the upgrade could not have completed");
-        assert!(!got.starts_with(b"HTTP/1.1 101"), "no upgrade for a partial request");
         assert!(
-            took >= AUTH_DEADLINE - Duration::from_millis(500) && took <= AUTH_DEADLINE + DEADLINE_SLACK,
+            written < request.len(),
+            "the upgrade could not have completed"
+        );
+        assert!(
+            !got.starts_with(b"HTTP/1.1 101"),
+            "no upgrade for a partial request"
+        );
+        assert!(
+            took >= AUTH_DEADLINE - Duration::from_millis(500)
+                && took <= AUTH_DEADLINE + DEADLINE_SLACK,
             "slowloris closed after {took:?}"
         );
         open_for.push(took);
     }
     let (took, written, got) = slow_auth.join().expect("slow auth");
-    assert!(written < 100, "auth frame could not have completed ({written} bytes)");
+    assert!(
+        written < 100,
+        "auth frame could not have completed ({written} bytes)"
+    );
     assert!(
         took <= AUTH_DEADLINE + DEADLINE_SLACK,
         "slow auth closed after {took:?}"
@@ -607,7 +652,8 @@ async fn connection_limits_per_source_ip_and_in_total() {
         let mut v = Vec::new();
         for _ in 0..3 {
             let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-            sock.bind(SocketAddr::new(ip("127.0.0.2"), 0)).expect("bind");
+            sock.bind(SocketAddr::new(ip("127.0.0.2"), 0))
+                .expect("bind");
             v.push(sock.connect(s.ws_addr).await.expect("connect"));
         }
         v
@@ -763,7 +809,10 @@ async fn reconnect_storm_of_3000_clients_is_absorbed() {
          an existing client's ping RTT during the storm: max {ping_max:?} over {} pings",
         ping_rtts.len() - 1
     );
-    assert!(ping_max < Duration::from_secs(2), "existing client starved: {ping_max:?}");
+    assert!(
+        ping_max < Duration::from_secs(2),
+        "existing client starved: {ping_max:?}"
+    );
 
     // Presence knows them all, and a message reaches every device of a user.
     let (_, p) = s.request("GET", "/v1/users/st1/presence", None).await;

@@ -130,10 +130,7 @@ mod tests {
         let l = ConnLimiter::new(5, 2);
         let a1 = l.try_acquire(ip("127.0.0.2")).unwrap();
         let _a2 = l.try_acquire(ip("127.0.0.2")).unwrap();
-        assert_eq!(
-            l.try_acquire(ip("127.0.0.2")).unwrap_err(),
-            Refused::PerIp
-        );
+        assert_eq!(l.try_acquire(ip("127.0.0.2")).unwrap_err(), Refused::PerIp);
         // The mapped form is the same address.
         assert_eq!(
             l.try_acquire(ip("::ffff:127.0.0.2")).unwrap_err(),

@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// Burst of sends per connection above the rate [default: 200].
     #[arg(long, value_name = "N")]
     pub send_burst: Option<u32>,
+    /// WebSocket connections at once, handshakes included; beyond it new ones get 503 [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_conns: Option<usize>,
+    /// WebSocket connections at once from one source IP address [default: 20000].
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<usize>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
@@ -87,6 +93,8 @@ struct FileConfig {
     large_group_threshold: Option<usize>,
     send_rate_per_s: Option<u32>,
     send_burst: Option<u32>,
+    max_conns: Option<usize>,
+    max_conns_per_ip: Option<usize>,
     log: Option<String>,
     webhook: Option<WebhookFile>,
     before_send: Option<BeforeSendFile>,
@@ -135,6 +143,8 @@ pub struct Settings {
     pub large_group_threshold: usize,
     pub send_rate_per_s: u32,
     pub send_burst: u32,
+    pub max_conns: usize,
+    pub max_conns_per_ip: usize,
     pub log: String,
     pub webhook: Option<tern_gateway_http::WebhookConfig>,
     pub before_send: Option<tern_gateway_http::BeforeSendConfig>,
@@ -199,6 +209,14 @@ impl Settings {
                 .unwrap_or(500),
             send_rate_per_s: a.send_rate_per_s.or(f.send_rate_per_s).unwrap_or(50),
             send_burst: a.send_burst.or(f.send_burst).unwrap_or(200),
+            max_conns: a
+                .max_conns
+                .or(f.max_conns)
+                .unwrap_or(tern_engine::config::MAX_CONNS_DEFAULT),
+            max_conns_per_ip: a
+                .max_conns_per_ip
+                .or(f.max_conns_per_ip)
+                .unwrap_or(tern_engine::config::MAX_CONNS_PER_IP_DEFAULT),
             log: a.log.or(f.log).unwrap_or_else(|| "info".to_owned()),
             webhook: f.webhook.map(|w| {
                 let mut c = tern_gateway_http::WebhookConfig::new(w.url, w.secret);
@@ -225,6 +243,9 @@ impl Settings {
         }
         if s.send_rate_per_s == 0 || s.send_burst == 0 {
             bail!("send_rate_per_s and send_burst must be at least 1");
+        }
+        if s.max_conns == 0 || s.max_conns_per_ip == 0 {
+            bail!("max_conns and max_conns_per_ip must be at least 1");
         }
         if s.heartbeat_ms < 100 || s.ack_timeout_ms < 100 {
             bail!("heartbeat_ms and ack_timeout_ms must be at least 100");

@@ -130,6 +130,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     ecfg.ack_timeout_ms = cfg.ack_timeout_ms;
     ecfg.dedup_window_ms = cfg.dedup_window_s * 1000;
     ecfg.pin_cores = cfg.pin_cores;
+    ecfg.max_conns = cfg.max_conns;
+    ecfg.max_conns_per_ip = cfg.max_conns_per_ip;
     let engine = tern_engine::Engine::start(ecfg, storage).context("cannot start the engine")?;
 
     let gateway = tern_gateway_http::start(

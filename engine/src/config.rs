@@ -36,7 +36,22 @@ pub struct EngineConfig {
     pub housekeeping: Option<fn()>,
     /// The optional before-send veto.
     pub before_send: Option<std::sync::Arc<dyn crate::hooks::BeforeSend>>,
+    /// WebSocket connections open at once, pending handshakes included;
+    /// beyond it new ones get 503 and are closed.
+    pub max_conns: usize,
+    /// The same, per source IP address.
+    pub max_conns_per_ip: usize,
 }
+
+/// Default of [`EngineConfig::max_conns`]: the design target of one node
+/// (DESIGN.md: a million connections on bare metal).
+pub const MAX_CONNS_DEFAULT: usize = 1_000_000;
+
+/// Default of [`EngineConfig::max_conns_per_ip`]: far above what a NAT of
+/// people opens, below what one host's ephemeral ports allow towards one
+/// server port (~28 k on Linux by default), so one misbehaving host cannot
+/// take the whole node. Load tests spread over many 127.0.0.x addresses.
+pub const MAX_CONNS_PER_IP_DEFAULT: usize = 20_000;
 
 impl EngineConfig {
     /// Defaults of PROTOCOL.md, with the given token key.
@@ -56,6 +71,8 @@ impl EngineConfig {
             events: None,
             housekeeping: None,
             before_send: None,
+            max_conns: MAX_CONNS_DEFAULT,
+            max_conns_per_ip: MAX_CONNS_PER_IP_DEFAULT,
         }
     }
 }

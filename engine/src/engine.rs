@@ -103,6 +103,7 @@ impl Engine {
         let readers = ReaderPool::start(READER_THREADS);
         let stats = Stats::new(n);
         let pin = cfg.pin_cores;
+        let conn_limit = crate::conn_limit::ConnLimiter::new(cfg.max_conns, cfg.max_conns_per_ip);
         let shared = Arc::new(Shared {
             cfg,
             mesh,
@@ -111,6 +112,7 @@ impl Engine {
             readers,
             revoked: RwLock::new(revoked),
             stats,
+            conn_limit,
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(n);

@@ -16,8 +16,10 @@
 //! - [`handle`]: [`EngineHandle`], the only door other threads (the HTTP
 //!   gateway) use to reach the shards.
 //! - [`limits`]: every fixed bound.
+//! - [`conn_limit`]: connection limits per source IP and in total.
 
 pub mod config;
+pub mod conn_limit;
 mod encoded;
 pub mod engine;
 pub mod handle;

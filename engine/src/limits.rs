@@ -37,6 +37,20 @@ pub const INBOX_BATCHES_PER_PASS_MAX: usize = 64;
 /// Time for the handshake plus `auth` (PROTOCOL.md: auth within 5 s).
 pub const AUTH_TIMEOUT_MS: u64 = 5_000;
 
+/// Handshakes (upgrade + `auth`) in progress per shard. Beyond it the
+/// acceptor stops accepting until one ends, so a reconnect storm waits in
+/// the kernel's backlog ([`LISTEN_BACKLOG`]) instead of spawning unbounded
+/// work; each pending one is itself bounded in bytes and time.
+pub const HANDSHAKES_PENDING_MAX: usize = 4096;
+
+/// Accepts in a row before the acceptor yields to the shard's other tasks,
+/// so a storm of connects cannot starve the connections already served.
+pub const ACCEPTS_PER_PASS_MAX: usize = 64;
+
+/// `Retry-After` (seconds) of the 503 that a connection over the limits
+/// gets; short, because connections end all the time.
+pub const REFUSED_RETRY_AFTER_S: u32 = 1;
+
 /// Bytes of a pending handshake plus the auth frame.
 pub const AUTH_PHASE_BYTES_MAX: usize = 8 * 1024 + 4 * 1024;
 

@@ -122,6 +122,8 @@ pub struct Adopt {
     pub sp: Subprotocol,
     /// Bytes received after the auth frame (pipelined frames).
     pub leftover: Vec<u8>,
+    /// The connection's slot in the limits; dropped with the socket.
+    pub permit: crate::conn_limit::ConnPermit,
 }
 
 /// Everything a shard can be told.

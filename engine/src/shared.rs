@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     /// user → revoked_at (ms): tokens issued at or before it are refused.
     pub revoked: RwLock<HashMap<UserId, u64>>,
     pub stats: Stats,
+    /// Connection limits (per source IP and total).
+    pub conn_limit: Arc<crate::conn_limit::ConnLimiter>,
 }
 
 impl Shared {

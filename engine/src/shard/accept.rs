@@ -1,6 +1,9 @@
 //! Accept, WebSocket handshake and `auth`, then hand the socket to its home
 //! shard. Work per pending connection is bounded in bytes
-//! ([`AUTH_PHASE_BYTES_MAX`]) and time ([`AUTH_TIMEOUT_MS`]).
+//! ([`AUTH_PHASE_BYTES_MAX`]) and time ([`AUTH_TIMEOUT_MS`]); pending
+//! handshakes per shard by [`HANDSHAKES_PENDING_MAX`], accepts per pass by
+//! [`ACCEPTS_PER_PASS_MAX`]. Every accepted socket first takes a permit of
+//! the connection limits (`conn_limit`), or gets a 503 and is closed.
 
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
@@ -12,26 +15,60 @@ use tern_proto::{
     decode_client, ClientFrame, DeviceId, ErrorCode, ServerFrame, Subprotocol, UserId,
 };
 
-use super::sockio::{self, recv_nb, would_block, write_all};
-use super::{close_code, Shard};
+use super::sockio::{self, recv_nb, sendv_nb, would_block, write_all};
+use super::{close_code, LocalNotify, Shard};
+use crate::conn_limit::{ConnPermit, Refused};
 use crate::encoded::ws_frame;
-use crate::limits::{AUTH_PHASE_BYTES_MAX, AUTH_TIMEOUT_MS};
+use crate::limits::{
+    ACCEPTS_PER_PASS_MAX, AUTH_PHASE_BYTES_MAX, AUTH_TIMEOUT_MS, HANDSHAKES_PENDING_MAX,
+    REFUSED_RETRY_AFTER_S,
+};
 use crate::mesh::{home_shard, Adopt, ShardMsg};
 use crate::shared::now_ms;
 use crate::ws::codec::{close_frame, encode_frame, parse_client_frame, Assembler, Message, OpCode};
 use crate::ws::handshake::{accept_response, error_response, parse_request};
 
 pub(super) async fn run(shard: Rc<Shard>, listener: TcpListener) {
+    let pending = Rc::new(Pending::default());
+    let mut accepted_this_pass = 0usize;
     loop {
         if shard.shutting_down.get() {
             return;
         }
+        // Bounded handshake work: past the cap, leave new connections in
+        // the kernel's backlog until a pending handshake ends.
+        while pending.count.get() >= HANDSHAKES_PENDING_MAX {
+            pending.freed.wait().await;
+            if shard.shutting_down.get() {
+                return;
+            }
+        }
+        // Bounded accepts per pass: a storm must not keep this task from
+        // yielding to the connections already served.
+        if accepted_this_pass >= ACCEPTS_PER_PASS_MAX {
+            accepted_this_pass = 0;
+            YieldNow(false).await;
+        }
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 if shard.shutting_down.get() {
                     return;
                 }
-                monoio::spawn(handshake(shard.clone(), stream));
+                accepted_this_pass += 1;
+                let permit = match shard.shared.conn_limit.try_acquire(peer.ip()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        refuse(&stream, why);
+                        continue; // dropping the stream closes it
+                    }
+                };
+                pending.count.set(pending.count.get() + 1);
+                let guard = PendingGuard(pending.clone());
+                let shard = shard.clone();
+                monoio::spawn(async move {
+                    let _guard = guard;
+                    handshake(shard, stream, permit).await
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -42,6 +79,63 @@ pub(super) async fn run(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// Handshakes in progress on this shard, and a wakeup for the acceptor
+/// when one ends.
+#[derive(Default)]
+struct Pending {
+    count: Cell<usize>,
+    freed: LocalNotify,
+}
+
+/// Counts one pending handshake; dropping it (however the handshake task
+/// ends) frees the slot.
+struct PendingGuard(Rc<Pending>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.count.set(self.0.count.get().saturating_sub(1));
+        self.0.freed.notify();
+    }
+}
+
+/// Yields once to the other tasks of the shard (monoio has no public
+/// `yield_now`): wake ourselves, return pending once.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// Answer a connection over the limits: a best-effort `503` with
+/// `Retry-After` written without waiting (the socket is fresh, its send
+/// buffer empty), then close. No bytes are read and no task is spawned, so a
+/// flood past the limits costs one accept and one write each.
+fn refuse(stream: &TcpStream, why: Refused) {
+    tracing::debug!("connection refused: {why}");
+    let body = why.to_string();
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {REFUSED_RETRY_AFTER_S}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let fd = stream.as_raw_fd();
+    let _ = sendv_nb(fd, &[std::io::IoSlice::new(resp.as_bytes())]);
+    // Half-close so the answer is not lost to a reset when the request is
+    // still unread at close.
+    sockio::shutdown(fd, libc::SHUT_WR);
+}
+
 struct Authed {
     user: UserId,
     device: DeviceId,
@@ -49,7 +143,7 @@ struct Authed {
     leftover: Vec<u8>,
 }
 
-async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
+async fn handshake(shard: Rc<Shard>, stream: TcpStream, permit: ConnPermit) {
     let fd = stream.as_raw_fd();
     let upgraded: Cell<Option<Subprotocol>> = Cell::new(None);
     let r = monoio::time::timeout(
@@ -79,6 +173,7 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
             authed.device,
             authed.sp,
             authed.leftover,
+            permit,
         );
         return;
     }
@@ -92,6 +187,7 @@ async fn handshake(shard: Rc<Shard>, stream: TcpStream) {
             device: authed.device,
             sp: authed.sp,
             leftover: authed.leftover,
+            permit,
         }),
     );
 }
@@ -103,7 +199,6 @@ fn unauthorized(msg: &str) -> ServerFrame {
     }
 }
 
-/// Read more bytes into `buf`; None on end of stream, error or overflow.
 /// Read more bytes into `buf`; None on end of stream, error or overflow.
 /// The read lands in the shard's scratch buffer (no await while it is
 /// borrowed), so a pending handshake holds no read buffer of its own.

@@ -84,6 +84,8 @@ pub struct Conn {
     /// A WebSocket ping went out since the last received byte.
     pub pinged: bool,
     pub closing: Closing,
+    /// Counted in the connection limits until this `Conn` drops.
+    pub _permit: crate::conn_limit::ConnPermit,
 }
 
 impl Conn {

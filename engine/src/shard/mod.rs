@@ -164,6 +164,7 @@ impl Shard {
         device: DeviceId,
         sp: Subprotocol,
         leftover: Vec<u8>,
+        permit: crate::conn_limit::ConnPermit,
     ) {
         debug_assert_eq!(crate::mesh::home_shard(&user, self.n_shards()), self.idx);
         sockio::set_nodelay(sock.as_raw_fd());
@@ -217,6 +218,7 @@ impl Shard {
                     last_rx_ms: now,
                     pinged: false,
                     closing: Closing::Open,
+                    _permit: permit,
                 },
             );
             (slot, gen)
@@ -800,7 +802,7 @@ impl Shard {
                 // SAFETY: the fd was dup'ed for us by the accepting shard and
                 // is owned by nobody else.
                 let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(a.fd) };
-                self.adopt(sock, a.user, a.device, a.sp, a.leftover);
+                self.adopt(sock, a.user, a.device, a.sp, a.leftover, a.permit);
             }
             ShardMsg::Send(job) => crate::owner::on_send(self, job),
             ShardMsg::Committed(results) => crate::owner::on_committed(self, results),

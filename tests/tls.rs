@@ -635,3 +635,22 @@ async fn relay_latency_report() {
         "TLS round trip p50 {t50:?}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_closes_wss_clients_with_1001_and_exits_0() {
+    let pki = Pki::new();
+    let (mut s, wss, https) = tls_server(&pki, &[]).await;
+    let c = pki.https_client();
+    let t = https_token(&c, https, "dora").await;
+    let mut ws = wss_login(&pki, wss, &t, "d").await;
+    // The engine's 1001 close frame must cross the relay before it stops.
+    let closed = tokio::spawn(async move { close_code(&mut ws).await });
+    let status = s.sigterm(common::SHUTDOWN).await;
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "exit after SIGTERM: {status:?}"
+    );
+    assert_eq!(closed.await.expect("join"), Some(1001));
+    // And the TLS port is closed.
+    assert!(TcpStream::connect(wss).await.is_err(), "WSS port still open");
+}

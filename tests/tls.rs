@@ -652,5 +652,36 @@ async fn sigterm_closes_wss_clients_with_1001_and_exits_0() {
     );
     assert_eq!(closed.await.expect("join"), Some(1001));
     // And the TLS port is closed.
-    assert!(TcpStream::connect(wss).await.is_err(), "WSS port still open");
+    assert!(
+        TcpStream::connect(wss).await.is_err(),
+        "WSS port still open"
+    );
+}
+
+#[tokio::test]
+async fn toml_tls_section_opens_the_listeners() {
+    let pki = Pki::new();
+    let (wss, https) = (free_addr(), free_addr());
+    let toml = pki.dir.path().join("tern.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nws_addr = \"{wss}\"\nhttp_addr = \"{https}\"\nconnections_max = 100\n",
+            path_str(&pki.cert()),
+            path_str(&pki.key()),
+        ),
+    )
+    .expect("write toml");
+    let _s = Server::start(&["--config", path_str(&toml)]).await;
+    let c = pki.https_client();
+    let t = https_token(&c, https, "erin").await;
+    let mut ws = wss_login(&pki, wss, &t, "d").await;
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "pong");
+
+    // Unknown keys in [tls] are refused like everywhere else in the file.
+    let bad = pki.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[tls]\ncertificate = \"x\"\n").expect("write toml");
+    let err = start_fails(&["--config", path_str(&bad)]);
+    assert!(err.contains("certificate"), "{err}");
 }

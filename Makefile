@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(CARGO_TARGET_DIR)/release/tern
 ARGS ?=
 
-.PHONY: deps build run test lint fmt bench
+.PHONY: deps build run test lint fmt bench test-interop
 
 deps:
 	@if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then \
@@ -32,6 +32,12 @@ run: build
 
 test: deps
 	$(CARGO) test --release --workspace
+	tests/interop/run.sh
+
+# Interop with clients no one here wrote (Python websockets, Node ws) against
+# the release binary; installs their packages on first use, builds nothing.
+test-interop:
+	tests/interop/run.sh
 
 lint: deps
 	$(CARGO) fmt --all -- --check

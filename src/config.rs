@@ -71,6 +71,18 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax; RUST_LOG wins) [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// TLS certificate chain, PEM, leaf first (TOML: `[tls] cert`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM: PKCS#8, RSA or EC (TOML: `[tls] key`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// WSS listen address, relayed to the WebSocket listener (TOML: `[tls] ws_addr`) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub tls_ws_addr: Option<SocketAddr>,
+    /// HTTPS listen address for the HTTP API (TOML: `[tls] http_addr`) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub tls_http_addr: Option<SocketAddr>,
 }
 
 /// Keys of the TOML file.
@@ -98,6 +110,29 @@ struct FileConfig {
     log: Option<String>,
     webhook: Option<WebhookFile>,
     before_send: Option<BeforeSendFile>,
+    tls: Option<TlsFile>,
+}
+
+/// `[tls]`: certificate and key, and which TLS listeners to open. Each
+/// listener is in addition to its plain one (docs/DEPLOY.md "TLS").
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ws_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    connections_max: Option<usize>,
+}
+
+/// Merged `[tls]` settings: present only when at least one TLS listener is
+/// configured, and then with both PEM paths.
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ws_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub connections_max: usize,
 }
 
 /// `[webhook]`: after-the-fact events (message.sent, user.online,
@@ -148,12 +183,55 @@ pub struct Settings {
     pub log: String,
     pub webhook: Option<tern_gateway_http::WebhookConfig>,
     pub before_send: Option<tern_gateway_http::BeforeSendConfig>,
+    pub tls: Option<TlsSettings>,
 }
 
 /// Bounds on tunables, so a typo cannot make the server unusable.
 const FRAME_BYTES_MIN: usize = 1024;
 const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 const SHARDS_MAX: usize = 1024;
+
+/// Merge the TLS flags over `[tls]`. Half a configuration (a listener
+/// without cert and key, or cert and key without a listener) is an error
+/// rather than a silently plain server.
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ws_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    f: TlsFile,
+) -> anyhow::Result<Option<TlsSettings>> {
+    let cert = cert.or(f.cert);
+    let key = key.or(f.key);
+    let ws_addr = ws_addr.or(f.ws_addr);
+    let http_addr = http_addr.or(f.http_addr);
+    let connections_max = f
+        .connections_max
+        .unwrap_or(tern_tls::CONNECTIONS_MAX_DEFAULT);
+    if !(1..=tern_tls::CONNECTIONS_MAX_LIMIT).contains(&connections_max) {
+        bail!(
+            "tls connections_max must be 1..={}",
+            tern_tls::CONNECTIONS_MAX_LIMIT
+        );
+    }
+    let listeners = ws_addr.is_some() || http_addr.is_some();
+    match (cert, key) {
+        (None, None) if !listeners => Ok(None),
+        (Some(cert), Some(key)) if listeners => Ok(Some(TlsSettings {
+            cert,
+            key,
+            ws_addr,
+            http_addr,
+            connections_max,
+        })),
+        (Some(_), Some(_)) => bail!(
+            "a TLS certificate and key are given but no TLS listener: set --tls-ws-addr and/or --tls-http-addr ([tls] ws_addr / http_addr)"
+        ),
+        _ => bail!(
+            "TLS needs both --tls-cert and --tls-key ([tls] cert and key) together with --tls-ws-addr and/or --tls-http-addr"
+        ),
+    }
+}
 
 fn parse_durability(s: &str) -> anyhow::Result<Durability> {
     Ok(match s {
@@ -234,6 +312,13 @@ impl Settings {
                 c.fail_open = b.fail_open.unwrap_or(false);
                 c
             }),
+            tls: tls_settings(
+                a.tls_cert,
+                a.tls_key,
+                a.tls_ws_addr,
+                a.tls_http_addr,
+                f.tls.unwrap_or_default(),
+            )?,
         };
         if s.shards == 0 || s.shards > SHARDS_MAX {
             bail!("shards must be 1..={SHARDS_MAX}");

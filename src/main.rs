@@ -83,6 +83,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         )
         .init();
     let signals = block_stop_signals();
+    // Before anything is opened: a bad PEM file stops the start at once.
+    let tls = tls_configs(cfg.tls.as_ref())?;
 
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
@@ -141,11 +143,19 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             body_bytes_max: cfg.http_body_bytes_max,
             webhook: cfg.webhook.clone(),
             events: events_rx,
+            tls: tls.https.clone(),
         },
         engine.handle(),
         runtime,
     )
     .context("cannot start the HTTP gateway")?;
+    let relay = match &tls.wss {
+        Some((addr, server, connections_max)) => Some(
+            tern_tls::WsRelay::start(*addr, engine.ws_addr(), server.clone(), *connections_max)
+                .context("cannot start the WSS relay")?,
+        ),
+        None => None,
+    };
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -153,6 +163,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         driver = engine.driver(),
         ws = %engine.ws_addr(),
         http = %gateway.local_addr(),
+        wss = ?relay.as_ref().map(|r| r.local_addr()),
+        https = ?gateway.tls_local_addr(),
         data_dir = %cfg.data_dir.display(),
         durability = ?cfg.durability,
         "tern started"
@@ -165,6 +177,41 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     );
     gateway.shutdown();
     engine.shutdown();
+    // After the engine: its 1001 close frames still flow through the relay.
+    if let Some(r) = relay {
+        r.shutdown();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS listeners' configs, built from the PEM files once per listener
+/// (each has its own ALPN list).
+#[derive(Default)]
+struct TlsConfigs {
+    https: Option<tern_gateway_http::HttpsConfig>,
+    wss: Option<(
+        std::net::SocketAddr,
+        std::sync::Arc<tern_tls::rustls::ServerConfig>,
+        usize,
+    )>,
+}
+
+fn tls_configs(t: Option<&config::TlsSettings>) -> anyhow::Result<TlsConfigs> {
+    let Some(t) = t else {
+        return Ok(TlsConfigs::default());
+    };
+    let mut out = TlsConfigs::default();
+    if let Some(addr) = t.http_addr {
+        out.https = Some(tern_gateway_http::HttpsConfig {
+            addr,
+            server: tern_tls::server_config(&t.cert, &t.key, tern_tls::Alpn::Http2AndHttp1)?,
+            connections_max: t.connections_max,
+        });
+    }
+    if let Some(addr) = t.ws_addr {
+        let server = tern_tls::server_config(&t.cert, &t.key, tern_tls::Alpn::Http1)?;
+        out.wss = Some((addr, server, t.connections_max));
+    }
+    Ok(out)
 }

@@ -98,6 +98,20 @@ pub struct GatewayConfig {
     /// webhook. Give it together with `webhook`: without one it is dropped
     /// (and the engine should not produce events at all).
     pub events: Option<crossbeam_channel::Receiver<EngineEvent>>,
+    /// A second listener serving the same API over TLS; `None`: plain only.
+    pub tls: Option<HttpsConfig>,
+}
+
+/// The HTTPS listener: the same router as the plain one, over
+/// [`tern_tls::TlsListener`] (bounded handshakes and connections).
+#[derive(Clone)]
+pub struct HttpsConfig {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Certificate, key and ALPN (`h2`, `http/1.1`).
+    pub server: Arc<tern_tls::rustls::ServerConfig>,
+    /// Bound on live TLS connections.
+    pub connections_max: usize,
 }
 
 impl GatewayConfig {
@@ -109,6 +123,7 @@ impl GatewayConfig {
             body_bytes_max: BODY_BYTES_MAX_DEFAULT,
             webhook: None,
             events: None,
+            tls: None,
         }
     }
 }
@@ -122,6 +137,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("body_bytes_max", &self.body_bytes_max)
             .field("webhook", &self.webhook)
             .field("events", &self.events.is_some())
+            .field("tls", &self.tls.as_ref().map(|t| t.addr))
             .finish()
     }
 }
@@ -153,6 +169,9 @@ pub enum GatewayError {
     /// The HTTP client for webhooks could not be built (TLS set-up).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// The HTTPS listener could not be bound.
+    #[error("HTTPS listener: {0}")]
+    Tls(#[source] tern_tls::TlsError),
 }
 
 /// The gateway's tokio runtime and HTTP client, made before the engine starts
@@ -211,6 +230,7 @@ impl std::fmt::Debug for Runtime {
 /// A running gateway. Dropping it stops it like [`Gateway::shutdown`].
 pub struct Gateway {
     local_addr: SocketAddr,
+    tls_local_addr: Option<SocketAddr>,
     /// `true` asks the serve loop to stop; dropping the sender does too.
     stop: watch::Sender<bool>,
     /// The thread that owns the runtime; `None` once joined.
@@ -252,6 +272,17 @@ fn start_with<E: engine::Engine>(
         bind(cfg.addr).map_err(bind_err)?
     };
     let local_addr = listener.local_addr().map_err(bind_err)?;
+    let tls_listener = match &cfg.tls {
+        Some(t) => {
+            let _guard = rt.enter();
+            Some(
+                tern_tls::TlsListener::bind(t.addr, t.server.clone(), t.connections_max)
+                    .map_err(GatewayError::Tls)?,
+            )
+        }
+        None => None,
+    };
+    let tls_local_addr = tls_listener.as_ref().map(|l| l.local_addr());
 
     let counters = Arc::new(metrics::GatewayCounters::default());
     let dispatcher = match (cfg.webhook, cfg.events) {
@@ -280,11 +311,15 @@ fn start_with<E: engine::Engine>(
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("tern-http-serve".into())
-        .spawn(move || serve(rt, listener, app, stop_rx, dispatcher))
+        .spawn(move || serve(rt, listener, tls_listener, app, stop_rx, dispatcher))
         .map_err(GatewayError::Thread)?;
     tracing::info!(%local_addr, "HTTP gateway listening");
+    if let Some(a) = tls_local_addr {
+        tracing::info!(%a, "HTTPS gateway listening");
+    }
     Ok(Gateway {
         local_addr,
+        tls_local_addr,
         stop,
         thread: Some(thread),
     })
@@ -294,6 +329,11 @@ impl Gateway {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTPS listener's address, when one is configured.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
     }
 
     /// Graceful stop: close the listener, let in-flight requests finish (at
@@ -337,12 +377,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 fn serve(
     rt: tokio::runtime::Runtime,
     listener: tokio::net::TcpListener,
+    tls_listener: Option<tern_tls::TlsListener>,
     app: axum::Router,
     stop: watch::Receiver<bool>,
     dispatcher: Option<webhooks::Dispatcher>,
 ) {
     rt.block_on(async move {
         let mut graceful = stop.clone();
+        let mut tls_graceful = stop.clone();
         let mut deadline = stop;
         // Small JSON answers must not wait for Nagle.
         let listener = listener.tap_io(|tcp| {
@@ -352,9 +394,23 @@ fn serve(
         });
         // Stops accepting, lets each connection finish its current request
         // and closes idle ones. A dropped sender counts as "stop".
+        let tls_server = tls_listener.map(|l| {
+            axum::serve(l, app.clone()).with_graceful_shutdown(async move {
+                let _ = tls_graceful.wait_for(|stop| *stop).await;
+            })
+        });
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = graceful.wait_for(|stop| *stop).await;
         });
+        let server = async move {
+            match tls_server {
+                Some(tls) => {
+                    let (plain, tls) = tokio::join!(server, tls);
+                    plain.and(tls)
+                }
+                None => server.await,
+            }
+        };
         let deadline = async move {
             let _ = deadline.wait_for(|stop| *stop).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;

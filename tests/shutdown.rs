@@ -19,6 +19,9 @@ use futures_util::StreamExt;
 use tern_proto::Subprotocol;
 use traffic::{next_rand, seed_from_env, Ledger, Sender};
 
+/// The per-connection send rate limit (default 50/s, burst 200) is not
+/// what these tests are about: lift it so the senders run at disk speed.
+const UNLIMITED: [&str; 4] = ["--send-rate-per-s", "1000000", "--send-burst", "1000000"];
 /// Idle users, each connected from [`DEVICES`] devices: the connections
 /// that must all be closed with 1001, then all come back.
 const IDLE_USERS: usize = 20;
@@ -63,7 +66,7 @@ async fn sigterm_under_load_keeps_every_ack_closes_1001_and_restarts_fast() {
     let seed = seed_from_env("SHUTDOWN_SEED");
     println!("shutdown test: SHUTDOWN_SEED={seed}");
     let mut rng = seed;
-    let mut s = Server::start(&[]).await;
+    let mut s = Server::start(&UNLIMITED).await;
     s.put_users(&SENDERS).await;
     s.put_group("term", None, &SENDERS).await;
     let mut tokens = Vec::new();

@@ -32,6 +32,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// Pushed entries per conversation between two cumulative `ack`s (PROTOCOL:
 /// clients ack at least every 64 entries).
 const ACK_EVERY: u64 = 32;
+/// Entries per HTTP history page read back (the API's largest page).
+const HISTORY_PAGE: u32 = 500;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -317,6 +319,25 @@ async fn next(ws: &mut Ws, sp: Subprotocol, t: Duration) -> Result<Value, Option
     }
 }
 
+/// Every entry of `conv` after `after`, via HTTP history pages.
+async fn history_after(s: &Server, conv: &str, after: u64) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut after = after;
+    loop {
+        let page = s.history(conv, after, Some(HISTORY_PAGE)).await;
+        let msgs = page["messages"].as_array().expect("messages").clone();
+        if let Some(last) = msgs.last() {
+            after = last["seq"].as_u64().expect("seq");
+        }
+        let more = page["has_more"].as_bool().expect("has_more");
+        let empty = msgs.is_empty();
+        out.extend(msgs);
+        if !more || empty {
+            return out;
+        }
+    }
+}
+
 /// A stored entry without `type` (HTTP history may omit it; every other
 /// field must match what `sync` returns).
 pub fn untyped(v: &Value) -> Value {
@@ -340,8 +361,8 @@ pub struct Ledger {
 
 /// What the server holds, as read back by [`Ledger::check_http`].
 pub struct Stored {
-    /// conv → every entry, in seq order.
-    pub history: BTreeMap<String, Vec<Value>>,
+    /// conv → (seq after which the entries start, the entries in seq order).
+    pub history: BTreeMap<String, (u64, Vec<Value>)>,
     /// (sender, cmid) → (conv, seq, ts) of every stored message.
     pub by_cmid: HashMap<(String, String), (String, u64, u64)>,
     /// Entries read.
@@ -391,17 +412,30 @@ impl Ledger {
     /// (no gap, no reuse), no (sender, cmid) is stored twice, and every acked
     /// message is there at its seq with the acked ts and the sent body.
     pub async fn check_http(&self, s: &Server, when: &str) -> Stored {
+        self.check_http_after(s, when, &HashMap::new()).await
+    }
+
+    /// [`Ledger::check_http`] for the entries after `after[conv]` (0 when
+    /// absent) only: a soak checks each cycle's new entries, and everything
+    /// now and then.
+    pub async fn check_http_after(
+        &self,
+        s: &Server,
+        when: &str,
+        after: &HashMap<String, u64>,
+    ) -> Stored {
         let mut stored = Stored {
             history: BTreeMap::new(),
             by_cmid: HashMap::new(),
             n_entries: 0,
         };
         for conv in self.convs() {
-            let h = s.history_all(&conv).await;
+            let from = after.get(&conv).copied().unwrap_or(0);
+            let h = history_after(s, &conv, from).await;
             for (i, m) in h.iter().enumerate() {
                 assert_eq!(
                     m["seq"].as_u64(),
-                    Some(i as u64 + 1),
+                    Some(from + i as u64 + 1),
                     "{when}: {conv}: seq gap or reuse at entry {i}: {m}"
                 );
                 if m.get("cmid").is_some() {
@@ -420,12 +454,12 @@ impl Ledger {
                 }
             }
             if let Some(acked) = self.acked.get(&conv) {
-                for (seq, a) in acked {
-                    let m = h.get(*seq as usize - 1).unwrap_or_else(|| {
+                for (seq, a) in acked.range(from + 1..) {
+                    let m = h.get((*seq - from) as usize - 1).unwrap_or_else(|| {
                         panic!(
                             "{when}: acked {conv} seq {seq} ({}) lost; stored {}",
                             a.cmid,
-                            h.len()
+                            from + h.len() as u64
                         )
                     });
                     let want = json!({
@@ -436,7 +470,7 @@ impl Ledger {
                 }
             }
             stored.n_entries += h.len();
-            stored.history.insert(conv, h);
+            stored.history.insert(conv, (from, h));
         }
         stored
     }
@@ -459,21 +493,22 @@ impl Ledger {
             })
             .collect();
         let mut n = 0;
-        for (conv, h) in &stored.history {
+        for (conv, (from, h)) in &stored.history {
             let member = conv.starts_with("group:")
                 || conv
                     .trim_start_matches("dm:")
                     .split(':')
                     .any(|u| u == user);
-            if !member || h.is_empty() {
+            let head = from + h.len() as u64;
+            if !member || head == 0 {
                 continue;
             }
             assert_eq!(
                 heads.get(conv).copied(),
-                Some(h.len() as u64),
+                Some(head),
                 "{user}: convs max_seq of {conv}"
             );
-            let got = c.sync_all(conv, 0).await;
+            let got = c.sync_all(conv, *from).await;
             let got: Vec<Value> = got.iter().map(untyped).collect();
             let want: Vec<Value> = h.iter().map(untyped).collect();
             assert_eq!(got.len(), want.len(), "{user}: sync of {conv} length");

@@ -81,7 +81,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     // so a data dir holding one served before: its database missing is lost
     // data, never a reason to start with an empty one.
     let db_path = cfg.data_dir.join("db");
-    if cfg.data_dir.join(config::TOKEN_KEY_FILE).exists() && tern_storage::Storage::is_absent(&db_path)
+    if cfg.data_dir.join(config::TOKEN_KEY_FILE).exists()
+        && tern_storage::Storage::is_absent(&db_path)
     {
         anyhow::bail!(
             "the database is missing: {} holds {} (it served before) but {} holds no database; \

@@ -174,18 +174,30 @@ async fn sigterm_under_load_keeps_every_ack_closes_1001_and_restarts_fast() {
     for (mut snd, r) in senders.into_iter().zip(retry) {
         let out = snd.run(&s.ws_url(), r, stop.clone()).await;
         assert!(out.errors.is_empty(), "{:?}", out.errors);
-        assert!(out.unanswered.is_empty(), "{}: retries unanswered", snd.user);
+        assert!(
+            out.unanswered.is_empty(),
+            "{}: retries unanswered",
+            snd.user
+        );
         for a in out.acked {
             let key = (a.from.clone(), a.cmid.clone());
             if let Some(at) = expect.remove(&key) {
-                assert_eq!((a.conv.clone(), a.seq, a.ts), at, "{key:?} not deduplicated");
+                assert_eq!(
+                    (a.conv.clone(), a.seq, a.ts),
+                    at,
+                    "{key:?} not deduplicated"
+                );
             }
             ledger.record(a);
         }
     }
     assert!(expect.is_empty());
     let stored = ledger.check_http(&s, "after the retries").await;
-    assert_eq!(stored.by_cmid.len(), ledger.len(), "every stored send acked once");
+    assert_eq!(
+        stored.by_cmid.len(),
+        ledger.len(),
+        "every stored send acked once"
+    );
     for u in SENDERS {
         let mut c = s.login(Subprotocol::Json, u, "checker").await;
         ledger.check_sync(&mut c, u, &stored).await;

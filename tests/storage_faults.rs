@@ -197,7 +197,9 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
         assert_eq!(v["error"]["code"], "unavailable", "{v}");
     }
     let mut c = s.login(Subprotocol::Json, "bob", "tablet").await;
-    let e = c.send_msg("ws-full", "user:alice", "text", json!("x")).await;
+    let e = c
+        .send_msg("ws-full", "user:alice", "text", json!("x"))
+        .await;
     assert_eq!(e["type"], "send_err", "{e}");
     assert_eq!(e["code"], "unavailable", "{e}");
     let (st, _) = s.request("GET", "/healthz", None).await;
@@ -227,7 +229,10 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let recovery = freed.elapsed();
-    let dm_head = ledger.acked.get("dm:alice:bob").map_or(0, |m| m.len() as u64);
+    let dm_head = ledger
+        .acked
+        .get("dm:alice:bob")
+        .map_or(0, |m| m.len() as u64);
     assert_eq!(ack["seq"], dm_head + 1, "seq after recovery: {ack}");
     record_http(&mut ledger, &retry, &ack);
     // The WebSocket sends that failed, retried with their cmids: all stored now.
@@ -240,7 +245,9 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
     for a in out.acked {
         ledger.record(a);
     }
-    let e = c.send_msg("ws-full", "user:alice", "text", json!("x")).await;
+    let e = c
+        .send_msg("ws-full", "user:alice", "text", json!("x"))
+        .await;
     assert_eq!(e["type"], "send_ack", "{e}");
     ledger.record(Acked {
         conv: e["conv"].as_str().expect("conv").to_string(),
@@ -404,10 +411,7 @@ async fn a_corrupt_or_missing_database_is_a_clear_error_never_a_new_one() {
             Vec::new()
         };
         let (code, err) = start_fails(&d);
-        assert!(
-            code.is_some_and(|c| c != 0),
-            "{what}: exit {code:?}\n{err}"
-        );
+        assert!(code.is_some_and(|c| c != 0), "{what}: exit {code:?}\n{err}");
         let lower = err.to_lowercase();
         for w in words {
             assert!(

@@ -495,10 +495,7 @@ impl Ledger {
         let mut n = 0;
         for (conv, (from, h)) in &stored.history {
             let member = conv.starts_with("group:")
-                || conv
-                    .trim_start_matches("dm:")
-                    .split(':')
-                    .any(|u| u == user);
+                || conv.trim_start_matches("dm:").split(':').any(|u| u == user);
             let head = from + h.len() as u64;
             if !member || head == 0 {
                 continue;

@@ -51,3 +51,11 @@ fmt:
 bench: deps
 	$(CARGO) build --release -p tern -p tern-loadgen
 	scripts/bench.sh
+
+# Crash soak (docs/RELIABILITY.md): SIGKILL/restart cycles under dm and
+# group traffic, every acknowledged message checked after each restart.
+# `make soak SOAK_CYCLES=200`; SOAK_SEED=<seed> replays a printed schedule.
+SOAK_CYCLES ?= 50
+.PHONY: soak
+soak: deps
+	SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --release --test crash_soak -- --nocapture

@@ -378,9 +378,12 @@ pub fn api_key(s: &Settings) -> anyhow::Result<String> {
     Ok(key)
 }
 
+/// File name of the token signing key in the data dir.
+pub const TOKEN_KEY_FILE: &str = "token.key";
+
 /// The token signing key, kept in `<data>/token.key`.
 pub fn token_key(data_dir: &Path) -> anyhow::Result<tern_engine::token::TokenKey> {
-    let path = data_dir.join("token.key");
+    let path = data_dir.join(TOKEN_KEY_FILE);
     if path.exists() {
         let b = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let arr: [u8; 32] = b

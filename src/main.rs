@@ -88,11 +88,24 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    let api_key = config::api_key(&cfg)?;
-    let token_key = config::token_key(&cfg.data_dir)?;
-
+    // The token key is written after the database is first created (below),
+    // so a data dir holding one served before: its database missing is lost
+    // data, never a reason to start with an empty one.
+    let db_path = cfg.data_dir.join("db");
+    if cfg.data_dir.join(config::TOKEN_KEY_FILE).exists()
+        && tern_storage::Storage::is_absent(&db_path)
+    {
+        anyhow::bail!(
+            "the database is missing: {} holds {} (it served before) but {} holds no database; \
+             restore the database, or remove {} to start with an empty one",
+            cfg.data_dir.display(),
+            config::TOKEN_KEY_FILE,
+            db_path.display(),
+            config::TOKEN_KEY_FILE
+        );
+    }
     let storage = tern_storage::Storage::open(tern_storage::StorageOptions {
-        path: cfg.data_dir.join("db"),
+        path: db_path,
         durability: cfg.durability,
         dedup_window_ms: cfg.dedup_window_s * 1000,
         retention_ms: cfg.retention_days * 24 * 3600 * 1000,
@@ -103,6 +116,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             cfg.data_dir.join("db").display()
         )
     })?;
+    let api_key = config::api_key(&cfg)?;
+    let token_key = config::token_key(&cfg.data_dir)?;
 
     // The gateway's runtime comes first: the before-send hook lives on it and
     // the engine needs the hook at start.

@@ -341,8 +341,14 @@ fn load_group<'a>(
     Ok(owner.groups.get_mut(g).and_then(|s| s.as_mut()))
 }
 
+/// `unavailable` for a storage failure. The cause (which may name files of
+/// the data dir) goes to the log, not to the client.
 fn storage_err(e: StorageError) -> EngineError {
-    err(ErrorCode::Unavailable, format!("storage: {e}"))
+    tracing::warn!("storage failed: {e}");
+    err(
+        ErrorCode::Unavailable,
+        "storage unavailable; nothing was stored, retry later",
+    )
 }
 
 pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {

@@ -369,6 +369,15 @@ fn ctx(what: &str, e: rocksdb::Error) -> StorageError {
 }
 
 impl Storage {
+    /// Whether `path` is missing or an empty directory: where
+    /// [`Storage::open`] would create a new database. Lets a caller that
+    /// knows a database must be there (its data dir served before) refuse
+    /// to start instead. (Anything else there is opened or refused by
+    /// `open` itself.)
+    pub fn is_absent(path: &Path) -> bool {
+        matches!(inspect_dir(path), Ok(DirState::Fresh))
+    }
+
     /// Opens the database at `opts.path`.
     ///
     /// Creates the DB only when the directory is missing or empty. A

@@ -213,6 +213,12 @@ impl Server {
         self.dir.path().join("data")
     }
 
+    /// The server's `--data-dir` (for tests that damage it, or move it onto
+    /// a small file system, between a stop and a restart).
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir()
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

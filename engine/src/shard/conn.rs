@@ -13,6 +13,32 @@ use tern_proto::{DeviceId, Subprotocol, UserId};
 
 use crate::ws::codec::Assembler;
 
+/// What a connection keeps between reads while a message arrives in pieces.
+pub struct Rx {
+    /// Bytes of an incomplete frame.
+    pub partial: Vec<u8>,
+    /// A fragmented message in progress.
+    pub asm: Assembler,
+}
+
+impl Rx {
+    pub fn new(frame_bytes_max: usize) -> Rx {
+        Rx {
+            partial: Vec::new(),
+            asm: Assembler::new(frame_bytes_max),
+        }
+    }
+
+    /// Boxed to keep while something is in progress; nothing otherwise.
+    pub fn stash(self) -> Option<Box<Rx>> {
+        if self.partial.is_empty() && !self.asm.in_progress() {
+            None
+        } else {
+            Some(Box::new(self))
+        }
+    }
+}
+
 /// A pushed timeline entry not yet covered by an `ack`.
 pub struct Unacked {
     pub conv: Arc<str>,
@@ -66,9 +92,9 @@ pub struct Conn {
     pub send_refill_ms: u64,
     /// Large groups, for `notice` decisions (bounded: GROUPS_TRACKED_MAX).
     pub groups: Vec<GroupTrack>,
-    /// Bytes of an incomplete frame (only while one is arriving).
-    pub partial: Vec<u8>,
-    pub asm: Assembler,
+    /// Read state between reads, only while a frame or a fragmented message
+    /// is arriving in pieces (an idle connection holds no read memory).
+    pub rx: Option<Box<Rx>>,
     /// Complete WebSocket frames waiting for the socket; `out_head_off` bytes
     /// of the first one already left.
     pub outq: VecDeque<Arc<[u8]>>,
@@ -159,7 +185,7 @@ mod tests {
     #[test]
     fn conn_stays_within_its_memory_budget() {
         assert!(
-            std::mem::size_of::<super::Conn>() <= 288,
+            std::mem::size_of::<super::Conn>() <= 224,
             "Conn is {} bytes",
             std::mem::size_of::<super::Conn>()
         );

@@ -42,7 +42,7 @@ use crate::limits::*;
 use crate::mesh::{ConnRef, Inbox, Push, ShardIdx, ShardMsg};
 use crate::owner::Owner;
 use crate::shared::{now_ms, Shared};
-use crate::ws::codec::{close_frame, encode_frame, Assembler, OpCode};
+use crate::ws::codec::{close_frame, encode_frame, OpCode};
 use conn::{Closing, Conn, Unacked};
 use timer::{TimerEntry, TimerKind, TimerWheel};
 
@@ -89,7 +89,7 @@ pub(crate) struct Shard {
     pub shared: Arc<Shared>,
     pub conns: RefCell<slab::Slab>,
     /// user → connection slots on this (its home) shard.
-    pub users: RefCell<HashMap<UserId, Vec<(u32, u32)>>>,
+    pub users: RefCell<HashMap<UserId, slab::UserConns>>,
     pub owner: RefCell<Owner>,
     /// Mesh messages collected this pass, per destination shard.
     outbox: RefCell<Vec<Vec<ShardMsg>>>,
@@ -172,7 +172,7 @@ impl Shard {
             return; // dropping the socket closes it
         }
         // Replace the same device.
-        let old: Vec<(u32, u32)> = self.users.borrow().get(&user).cloned().unwrap_or_default();
+        let old = self.user_conns(&user);
         for (slot, gen) in old {
             let same = self
                 .conns
@@ -206,8 +206,7 @@ impl Shard {
                     send_tokens: self.shared.cfg.send_burst,
                     send_refill_ms: now,
                     groups: Vec::new(),
-                    partial: Vec::new(),
-                    asm: Assembler::new(self.shared.cfg.frame_bytes_max),
+                    rx: None,
                     outq: Default::default(),
                     out_head_off: 0,
                     out_bytes: 0,
@@ -223,11 +222,12 @@ impl Shard {
             );
             (slot, gen)
         };
-        self.users
-            .borrow_mut()
-            .entry(user.clone())
-            .or_default()
-            .push((slot, gen));
+        match self.users.borrow_mut().entry(user.clone()) {
+            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().push((slot, gen)),
+            hashbrown::hash_map::Entry::Vacant(e) => {
+                e.insert(slab::UserConns::One((slot, gen)));
+            }
+        }
         self.shared.stats.connections[self.idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.emit(crate::hooks::EngineEvent::UserOnline {
             user: user.clone(),
@@ -253,6 +253,15 @@ impl Shard {
         reader::on_adopted(self, slot, gen, leftover);
     }
 
+    /// (slot, gen) of every connection of `user` on this shard.
+    pub fn user_conns(&self, user: &UserId) -> Vec<(u32, u32)> {
+        self.users
+            .borrow()
+            .get(user)
+            .map(|u| u.as_slice().to_vec())
+            .unwrap_or_default()
+    }
+
     /// Called by the reader when a connection ends (end of stream, error,
     /// or done closing).
     pub fn remove_conn(&self, slot: u32, gen: u32) {
@@ -261,11 +270,8 @@ impl Shard {
         };
         self.poller.remove(c.fd());
         let mut users = self.users.borrow_mut();
-        if let Some(v) = users.get_mut(&c.user) {
-            v.retain(|&(s, g)| !(s == slot && g == gen));
-            if v.is_empty() {
-                users.remove(&c.user);
-            }
+        if users.get_mut(&c.user).is_some_and(|v| v.remove((slot, gen))) {
+            users.remove(&c.user);
         }
         self.shared.stats.connections[self.idx].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.emit(crate::hooks::EngineEvent::UserOffline {
@@ -498,7 +504,7 @@ impl Shard {
             let Some(slots) = users.get(user) else {
                 continue;
             };
-            for &(slot, gen) in slots {
+            for &(slot, gen) in slots.as_slice() {
                 if p.except == Some(self.conn_ref(slot, gen)) {
                     continue;
                 }
@@ -817,8 +823,7 @@ impl Shard {
                 crate::owner::on_group_op(self, group, op, reply)
             }
             ShardMsg::Presence { user, reply } => {
-                let slots: Vec<(u32, u32)> =
-                    self.users.borrow().get(&user).cloned().unwrap_or_default();
+                let slots = self.user_conns(&user);
                 let mut conns = self.conns.borrow_mut();
                 let devices = slots
                     .into_iter()
@@ -840,8 +845,7 @@ impl Shard {
                 reason,
                 reply,
             } => {
-                let slots: Vec<(u32, u32)> =
-                    self.users.borrow().get(&user).cloned().unwrap_or_default();
+                let slots = self.user_conns(&user);
                 let mut n = 0;
                 for (slot, gen) in slots {
                     let hit = self.conns.borrow_mut().get_mut(slot, gen).is_some_and(|c| {

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use tern_proto::{decode_client, ClientFrame, DecodeError};
 
-use super::conn::Closing;
+use super::conn::{Closing, Rx};
 use super::sockio::{recv_nb, would_block};
 use super::{close_code, Shard};
 use crate::shared::now_ms;
@@ -90,7 +90,10 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
     };
     c.last_rx_ms = now_ms();
     c.pinged = false;
-    let mut partial = std::mem::take(&mut c.partial);
+    let Rx { mut partial, mut asm } = match c.rx.take() {
+        Some(rx) => *rx,
+        None => Rx::new(max),
+    };
     let from_partial = !partial.is_empty();
     let buf: &mut [u8] = if from_partial {
         partial.extend_from_slice(data);
@@ -99,19 +102,20 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
         data
     };
     let mut off = 0;
+    // The connection ends (close, protocol error): drop the unread rest.
+    let mut end = false;
     // Bounded: every round consumes one whole frame or stops.
-    loop {
+    while !end {
         match parse_client_frame(&mut buf[off..], max) {
             Ok(None) => break,
             Err(e) => {
                 actions.push(Action::Fatal(e));
-                c.partial = Vec::new();
-                return;
+                end = true;
             }
             Ok(Some((h, range))) => {
                 let payload = &buf[off + range.start..off + range.end];
                 let next = off + h.header_len + h.payload_len;
-                match c.asm.push(&h, payload) {
+                match asm.push(&h, payload) {
                     Ok(None) => {}
                     Ok(Some(Message::Text(p))) | Ok(Some(Message::Binary(p))) => {
                         if c.closing == Closing::Open {
@@ -122,13 +126,11 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
                     Ok(Some(Message::Pong(_))) => {}
                     Ok(Some(Message::Close(code, _))) => {
                         actions.push(Action::Close(code));
-                        c.partial = Vec::new();
-                        return;
+                        end = true;
                     }
                     Err(e) => {
                         actions.push(Action::Fatal(e));
-                        c.partial = Vec::new();
-                        return;
+                        end = true;
                     }
                 }
                 off = next;
@@ -136,13 +138,13 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
         }
     }
     // A fragmented message already handed out holds no memory past here.
-    c.asm.release();
+    asm.release();
     // Keep only the incomplete tail, and no capacity when there is none.
-    if off == buf.len() {
-        c.partial = Vec::new();
+    let tail = if end || off == buf.len() {
+        Vec::new()
     } else if from_partial {
         partial.drain(..off);
-        c.partial = partial;
+        partial
     } else {
         // Reserve the whole frame once its header is known, so a large frame
         // arriving in pieces does not regrow the buffer on every read.
@@ -153,8 +155,9 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
         };
         let mut p = Vec::with_capacity(need.max(rest.len()));
         p.extend_from_slice(rest);
-        c.partial = p;
-    }
+        p
+    };
+    c.rx = Rx { partial: tail, asm }.stash();
 }
 
 /// Act on what was read. Returns false when the connection is done.

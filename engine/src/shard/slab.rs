@@ -89,3 +89,65 @@ impl Slab {
         out
     }
 }
+
+/// The connections of one user on its home shard. Most users have one
+/// device online: that one is kept inline, with no allocation.
+#[derive(Debug)]
+pub(crate) enum UserConns {
+    One((u32, u32)),
+    Many(Vec<(u32, u32)>),
+}
+
+impl UserConns {
+    pub fn as_slice(&self) -> &[(u32, u32)] {
+        match self {
+            UserConns::One(k) => std::slice::from_ref(k),
+            UserConns::Many(v) => v,
+        }
+    }
+
+    pub fn push(&mut self, k: (u32, u32)) {
+        match self {
+            UserConns::One(first) => *self = UserConns::Many(vec![*first, k]),
+            UserConns::Many(v) => v.push(k),
+        }
+    }
+
+    /// Remove `k`; returns true when none is left.
+    pub fn remove(&mut self, k: (u32, u32)) -> bool {
+        match self {
+            UserConns::One(first) => *first == k,
+            UserConns::Many(v) => {
+                v.retain(|&x| x != k);
+                match v[..] {
+                    [] => true,
+                    [only] => {
+                        *self = UserConns::One(only);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UserConns;
+
+    #[test]
+    fn user_conns_keep_every_device_and_shrink_back_inline() {
+        let mut u = UserConns::One((1, 0));
+        u.push((2, 0));
+        u.push((3, 5));
+        assert_eq!(u.as_slice(), &[(1, 0), (2, 0), (3, 5)]);
+        assert!(!u.remove((2, 0)));
+        assert!(!u.remove((9, 9)));
+        assert!(!u.remove((1, 0)));
+        assert!(matches!(u, UserConns::One((3, 5))));
+        assert!(!u.remove((3, 4)), "another generation is another connection");
+        assert!(u.remove((3, 5)));
+        assert_eq!(std::mem::size_of::<UserConns>(), 24);
+    }
+}

@@ -32,6 +32,7 @@ run: build
 
 test: deps
 	$(CARGO) test --release --workspace
+	$(MAKE) fuzz-ci
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -45,3 +46,33 @@ fmt:
 bench: deps
 	$(CARGO) build --release -p tern -p tern-loadgen
 	scripts/bench.sh
+
+# Fuzzing (docs/RELIABILITY_FUZZ.md): cargo-fuzz + libFuzzer over the code
+# that reads client bytes. Runs on the stable toolchain: RUSTC_BOOTSTRAP=1
+# unlocks the -Z flags cargo-fuzz passes. Own target dir (sanitizer flags
+# would otherwise rebuild the main one); the fuzz crate does not build RocksDB.
+#   make fuzz-ci   every target for FUZZ_SECONDS (30) each; a crash fails
+#   make fuzz      the same, 600 s per target
+#   make fuzz-corpus  regenerate the committed seeds (fuzz/corpus/)
+FUZZ_TARGETS ?= ws_frame handshake json_frame rkyv_frame token_verify
+FUZZ_SECONDS ?= 30
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/tern-fuzz-target
+FUZZ_WORK_DIR ?= $(HOME)/.cache/tern-fuzz-work
+FUZZ_ENV := RUSTC_BOOTSTRAP=1 FUZZ_TARGET_DIR=$(FUZZ_TARGET_DIR) FUZZ_WORK_DIR=$(FUZZ_WORK_DIR)
+
+.PHONY: fuzz-deps fuzz-build fuzz-ci fuzz fuzz-corpus
+
+fuzz-deps: deps
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+
+fuzz-build: fuzz-deps
+	cd fuzz && $(FUZZ_ENV) $(CARGO) fuzz build -a --target-dir $(FUZZ_TARGET_DIR)
+
+fuzz-ci: fuzz-build
+	$(FUZZ_ENV) fuzz/ci.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz:
+	$(MAKE) fuzz-ci FUZZ_SECONDS=600
+
+fuzz-corpus: deps
+	cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) run --release --example gen_corpus

@@ -46,12 +46,22 @@ fn main() -> std::io::Result<()> {
         write("json_frame", &name, &encode_server(Subprotocol::Json, &f))?;
         write("rkyv_frame", &name, &encode_server(Subprotocol::Rkyv, &f))?;
     }
-    write("rkyv_frame", "entry_msg", &Entry::Msg(msg()).to_storage_bytes())?;
+    write(
+        "rkyv_frame",
+        "entry_msg",
+        &Entry::Msg(msg()).to_storage_bytes(),
+    )?;
     for (name, s) in [
         ("bad_not_object", "[1,2]"),
         ("bad_unknown_type", r#"{"type":"nope"}"#),
-        ("bad_text_not_string", r#"{"type":"send","cmid":"c","to":"user:b","kind":"text","body":{"a":1}}"#),
-        ("bad_sync_limit", r#"{"type":"sync","conv":"g:x","after":0,"limit":0}"#),
+        (
+            "bad_text_not_string",
+            r#"{"type":"send","cmid":"c","to":"user:b","kind":"text","body":{"a":1}}"#,
+        ),
+        (
+            "bad_sync_limit",
+            r#"{"type":"sync","conv":"g:x","after":0,"limit":0}"#,
+        ),
     ] {
         write("json_frame", name, s.as_bytes())?;
     }
@@ -78,7 +88,12 @@ fn ws_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut mixed = Vec::new();
     frame(true, OpCode::Binary, &[0xAB; 200], &mut mixed);
     frame(true, OpCode::Pong, b"", &mut mixed);
-    frame(true, OpCode::Close, &[0x03, 0xE8, b'b', b'y', b'e'], &mut mixed);
+    frame(
+        true,
+        OpCode::Close,
+        &[0x03, 0xE8, b'b', b'y', b'e'],
+        &mut mixed,
+    );
     // A header declaring 70 000 bytes (64-bit length form), then nothing.
     let mut big = vec![0x82, 0xFF];
     big.extend_from_slice(&70_000u64.to_be_bytes());
@@ -87,13 +102,39 @@ fn ws_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let non_minimal = vec![0x81, 0xFE, 0x00, 0x05, 1, 2, 3, 4, 1, 2, 3, 4, 5];
     let unmasked = vec![0x81, 0x02, b'h', b'i'];
     vec![
-        ("text", WsInput::encode(LIMIT_1000, LIMIT_64K, &[], &one(true, OpCode::Text, b"Hello"))),
-        ("fragmented_split", WsInput::encode(LIMIT_1000, LIMIT_64K, &[3, 9, 14], &fragmented)),
-        ("mixed", WsInput::encode(LIMIT_64K, LIMIT_64K, &[1, 100], &mixed)),
-        ("big_header", WsInput::encode(LIMIT_64K, LIMIT_64K, &[5], &big)),
-        ("non_minimal", WsInput::encode(LIMIT_1000, LIMIT_1000, &[], &non_minimal)),
-        ("unmasked", WsInput::encode(LIMIT_1000, LIMIT_1000, &[], &unmasked)),
-        ("close_empty", WsInput::encode(0, 0, &[], &one(true, OpCode::Close, b""))),
+        (
+            "text",
+            WsInput::encode(
+                LIMIT_1000,
+                LIMIT_64K,
+                &[],
+                &one(true, OpCode::Text, b"Hello"),
+            ),
+        ),
+        (
+            "fragmented_split",
+            WsInput::encode(LIMIT_1000, LIMIT_64K, &[3, 9, 14], &fragmented),
+        ),
+        (
+            "mixed",
+            WsInput::encode(LIMIT_64K, LIMIT_64K, &[1, 100], &mixed),
+        ),
+        (
+            "big_header",
+            WsInput::encode(LIMIT_64K, LIMIT_64K, &[5], &big),
+        ),
+        (
+            "non_minimal",
+            WsInput::encode(LIMIT_1000, LIMIT_1000, &[], &non_minimal),
+        ),
+        (
+            "unmasked",
+            WsInput::encode(LIMIT_1000, LIMIT_1000, &[], &unmasked),
+        ),
+        (
+            "close_empty",
+            WsInput::encode(0, 0, &[], &one(true, OpCode::Close, b"")),
+        ),
     ]
 }
 
@@ -128,21 +169,68 @@ fn raw(s: &str) -> RawJson {
 
 fn client_frames() -> Vec<(&'static str, ClientFrame)> {
     vec![
-        ("auth", ClientFrame::Auth { token: "abc.def".into(), device: "phone".into() }),
+        (
+            "auth",
+            ClientFrame::Auth {
+                token: "abc.def".into(),
+                device: "phone".into(),
+            },
+        ),
         (
             "send_text",
-            ClientFrame::Send { cmid: "c1".into(), to: "user:bob".into(), kind: Kind::Text, body: raw(r#""hi \u00e9""#) },
+            ClientFrame::Send {
+                cmid: "c1".into(),
+                to: "user:bob".into(),
+                kind: Kind::Text,
+                body: raw(r#""hi \u00e9""#),
+            },
         ),
         (
             "send_custom",
-            ClientFrame::Send { cmid: "c2".into(), to: "group:g1".into(), kind: Kind::Custom, body: raw(r#"{"a":[1,2.5,null,true]}"#) },
+            ClientFrame::Send {
+                cmid: "c2".into(),
+                to: "group:g1".into(),
+                kind: Kind::Custom,
+                body: raw(r#"{"a":[1,2.5,null,true]}"#),
+            },
         ),
-        ("ack", ClientFrame::Ack { conv: "dm:alice:bob".into(), seq: 7 }),
-        ("read", ClientFrame::Read { conv: "g:g1".into(), seq: u64::MAX }),
-        ("sync", ClientFrame::Sync { conv: "g:g1".into(), after: 3, limit: Some(50) }),
-        ("sync_default", ClientFrame::Sync { conv: "g:g1".into(), after: 0, limit: None }),
+        (
+            "ack",
+            ClientFrame::Ack {
+                conv: "dm:alice:bob".into(),
+                seq: 7,
+            },
+        ),
+        (
+            "read",
+            ClientFrame::Read {
+                conv: "g:g1".into(),
+                seq: u64::MAX,
+            },
+        ),
+        (
+            "sync",
+            ClientFrame::Sync {
+                conv: "g:g1".into(),
+                after: 3,
+                limit: Some(50),
+            },
+        ),
+        (
+            "sync_default",
+            ClientFrame::Sync {
+                conv: "g:g1".into(),
+                after: 0,
+                limit: None,
+            },
+        ),
         ("convs", ClientFrame::Convs),
-        ("typing", ClientFrame::Typing { to: "user:bob".into() }),
+        (
+            "typing",
+            ClientFrame::Typing {
+                to: "user:bob".into(),
+            },
+        ),
         ("ping", ClientFrame::Ping),
     ]
 }
@@ -161,10 +249,23 @@ fn msg() -> Msg {
 }
 
 fn server_frames() -> Vec<(&'static str, ServerFrame)> {
-    let event = Event { conv: "g:g1".into(), seq: 5, code: 1, data: raw(r#"{"x":1}"#), ts: 9 };
+    let event = Event {
+        conv: "g:g1".into(),
+        seq: 5,
+        code: 1,
+        data: raw(r#"{"x":1}"#),
+        ts: 9,
+    };
     vec![
         ("msg", ServerFrame::Msg(msg())),
-        ("send_err", ServerFrame::SendErr { cmid: "c1".into(), code: ErrorCode::TooLarge, message: "big".into() }),
+        (
+            "send_err",
+            ServerFrame::SendErr {
+                cmid: "c1".into(),
+                code: ErrorCode::TooLarge,
+                message: "big".into(),
+            },
+        ),
         (
             "sync_result",
             ServerFrame::SyncResult {
@@ -176,7 +277,12 @@ fn server_frames() -> Vec<(&'static str, ServerFrame)> {
         (
             "convs_result",
             ServerFrame::ConvsResult {
-                convs: vec![ConvSummary { conv: "g:g1".into(), max_seq: 9, read_seq: 3, unread: 6 }],
+                convs: vec![ConvSummary {
+                    conv: "g:g1".into(),
+                    max_seq: 9,
+                    read_seq: 3,
+                    unread: 6,
+                }],
             },
         ),
         ("pong", ServerFrame::Pong { ts: 1 }),
@@ -202,13 +308,31 @@ fn token_seeds() -> Vec<(&'static str, Vec<u8>)> {
         v
     };
     vec![
-        ("bound", raw_mode(mint(&key, &user, Some(&phone), TOKEN_NOW_MS - 1, day))),
-        ("unbound", raw_mode(mint(&key, &user, None, TOKEN_NOW_MS - 1, day))),
-        ("other_device", raw_mode(mint(&key, &user, Some(&laptop), TOKEN_NOW_MS - 1, day))),
+        (
+            "bound",
+            raw_mode(mint(&key, &user, Some(&phone), TOKEN_NOW_MS - 1, day)),
+        ),
+        (
+            "unbound",
+            raw_mode(mint(&key, &user, None, TOKEN_NOW_MS - 1, day)),
+        ),
+        (
+            "other_device",
+            raw_mode(mint(&key, &user, Some(&laptop), TOKEN_NOW_MS - 1, day)),
+        ),
         ("expired", raw_mode(mint(&key, &user, None, 0, 1))),
         ("garbage", raw_mode("not.a-token".into())),
-        ("mint_bound", mint_mode(TOKEN_NOW_MS, day, 3, "alice", "phone")),
-        ("mint_unbound", mint_mode(0, u64::MAX, 60, "bob@example.com", "")),
-        ("mint_long_ids", mint_mode(5, 5, 200, &"u".repeat(64), &"d".repeat(64))),
+        (
+            "mint_bound",
+            mint_mode(TOKEN_NOW_MS, day, 3, "alice", "phone"),
+        ),
+        (
+            "mint_unbound",
+            mint_mode(0, u64::MAX, 60, "bob@example.com", ""),
+        ),
+        (
+            "mint_long_ids",
+            mint_mode(5, 5, 200, &"u".repeat(64), &"d".repeat(64)),
+        ),
     ]
 }

@@ -22,9 +22,16 @@ fuzz_target!(|data: &[u8]| {
             // httparse also takes bare LF line ends.
             assert!(data[..consumed].ends_with(b"\n\n") || data[..consumed].ends_with(b"\n\r\n"));
             // The request alone gives the same answer; any prefix needs more.
-            assert_eq!(parse_request(&data[..consumed]), Ok(Some((hs.clone(), consumed))));
+            assert_eq!(
+                parse_request(&data[..consumed]),
+                Ok(Some((hs.clone(), consumed)))
+            );
             for cut in [0, consumed / 2, consumed - 1] {
-                assert_eq!(parse_request(&data[..cut]), Ok(None), "prefix of {cut} bytes");
+                assert_eq!(
+                    parse_request(&data[..cut]),
+                    Ok(None),
+                    "prefix of {cut} bytes"
+                );
             }
             let nonce = base64::engine::general_purpose::STANDARD
                 .decode(&hs.key)
@@ -42,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
                 .find(|h| h.name == "Sec-WebSocket-Accept")
                 .expect("accept header");
             assert_eq!(accept.value, accept_key(&hs.key).as_bytes());
-            let proto = r.headers.iter().find(|h| h.name == "Sec-WebSocket-Protocol");
+            let proto = r
+                .headers
+                .iter()
+                .find(|h| h.name == "Sec-WebSocket-Protocol");
             assert_eq!(proto.is_some(), hs.echo_subprotocol);
             if let Some(p) = proto {
                 assert_eq!(p.value, hs.subprotocol.name().as_bytes());

@@ -18,18 +18,30 @@ fuzz_target!(|data: &[u8]| {
             check_client_frame_limits(&f);
             for sp in [Json, Rkyv] {
                 let bytes = encode_client(sp, &f);
-                assert_eq!(decode_client(sp, &bytes).as_ref(), Ok(&f), "{sp:?} round trip");
+                assert_eq!(
+                    decode_client(sp, &bytes).as_ref(),
+                    Ok(&f),
+                    "{sp:?} round trip"
+                );
             }
         }
         Err(e) => {
             assert!(!e.message().is_empty());
-            assert!(e.message().len() <= tern_fuzz::ERROR_MESSAGE_BYTES_MAX, "{}", e.message());
+            assert!(
+                e.message().len() <= tern_fuzz::ERROR_MESSAGE_BYTES_MAX,
+                "{}",
+                e.message()
+            );
         }
     }
     if let Ok(f) = decode_server(Json, data) {
         for sp in [Json, Rkyv] {
             let bytes = encode_server(sp, &f);
-            assert_eq!(decode_server(sp, &bytes).as_ref(), Ok(&f), "{sp:?} round trip");
+            assert_eq!(
+                decode_server(sp, &bytes).as_ref(),
+                Ok(&f),
+                "{sp:?} round trip"
+            );
         }
     }
 });

@@ -20,33 +20,60 @@ fuzz_target!(|data: &[u8]| {
     let odd = &shifted[1..];
 
     let client = decode_client(Rkyv, data);
-    assert_eq!(client, decode_client(Rkyv, odd), "client decode depends on alignment");
+    assert_eq!(
+        client,
+        decode_client(Rkyv, odd),
+        "client decode depends on alignment"
+    );
     match client {
         Ok(f) => {
             check_client_frame_limits(&f);
             for sp in [Rkyv, Json] {
                 let bytes = encode_client(sp, &f);
-                assert_eq!(decode_client(sp, &bytes).as_ref(), Ok(&f), "{sp:?} round trip");
+                assert_eq!(
+                    decode_client(sp, &bytes).as_ref(),
+                    Ok(&f),
+                    "{sp:?} round trip"
+                );
             }
         }
         Err(e) => {
             assert!(!e.message().is_empty());
-            assert!(e.message().len() <= tern_fuzz::ERROR_MESSAGE_BYTES_MAX, "{}", e.message());
+            assert!(
+                e.message().len() <= tern_fuzz::ERROR_MESSAGE_BYTES_MAX,
+                "{}",
+                e.message()
+            );
         }
     }
 
     let server = decode_server(Rkyv, data);
-    assert_eq!(server, decode_server(Rkyv, odd), "server decode depends on alignment");
+    assert_eq!(
+        server,
+        decode_server(Rkyv, odd),
+        "server decode depends on alignment"
+    );
     if let Ok(f) = server {
         for sp in [Rkyv, Json] {
             let bytes = encode_server(sp, &f);
-            assert_eq!(decode_server(sp, &bytes).as_ref(), Ok(&f), "{sp:?} round trip");
+            assert_eq!(
+                decode_server(sp, &bytes).as_ref(),
+                Ok(&f),
+                "{sp:?} round trip"
+            );
         }
     }
 
     let entry = Entry::from_storage_bytes(data);
-    assert_eq!(entry, Entry::from_storage_bytes(odd), "entry decode depends on alignment");
+    assert_eq!(
+        entry,
+        Entry::from_storage_bytes(odd),
+        "entry decode depends on alignment"
+    );
     if let Ok(e) = entry {
-        assert_eq!(Entry::from_storage_bytes(&e.to_storage_bytes()).as_ref(), Ok(&e));
+        assert_eq!(
+            Entry::from_storage_bytes(&e.to_storage_bytes()).as_ref(),
+            Ok(&e)
+        );
     }
 });

@@ -24,7 +24,13 @@ fuzz_target!(|data: &[u8]| {
     if mode & 1 != TOKEN_MODE_MINT {
         let token = String::from_utf8_lossy(rest);
         if let Ok(c) = verify(&key, &token, &device, TOKEN_NOW_MS) {
-            let again = mint(&key, &c.user, c.device.as_ref(), c.iat_ms, c.exp_ms - c.iat_ms);
+            let again = mint(
+                &key,
+                &c.user,
+                c.device.as_ref(),
+                c.iat_ms,
+                c.exp_ms - c.iat_ms,
+            );
             assert_eq!(again, token, "a token mint did not make verified");
             assert!(TOKEN_NOW_MS < c.exp_ms);
             assert!(c.device.is_none() || c.device.as_ref() == Some(&device));
@@ -69,7 +75,10 @@ fuzz_target!(|data: &[u8]| {
     match verify(&key, &token, &conn, iat) {
         Ok(c) => {
             assert!(iat < exp);
-            assert_eq!((&c.user, &c.device, c.iat_ms, c.exp_ms), (&user, &dev, iat, exp));
+            assert_eq!(
+                (&c.user, &c.device, c.iat_ms, c.exp_ms),
+                (&user, &dev, iat, exp)
+            );
         }
         Err(e) => assert!(iat >= exp && e == TokenError::Expired, "{e:?}"),
     }
@@ -77,7 +86,11 @@ fuzz_target!(|data: &[u8]| {
         if d != &device {
             assert_eq!(
                 verify(&key, &token, &device, iat).map(drop),
-                Err(if iat < exp { TokenError::WrongDevice } else { TokenError::Expired })
+                Err(if iat < exp {
+                    TokenError::WrongDevice
+                } else {
+                    TokenError::Expired
+                })
             );
         }
     }
@@ -87,5 +100,8 @@ fuzz_target!(|data: &[u8]| {
     let i = usize::from(u16::from_le_bytes(*flip_at)) % bytes.len();
     bytes[i] ^= flip_xor.max(1);
     let tampered = String::from_utf8_lossy(&bytes);
-    assert!(verify(&key, &tampered, &conn, iat).is_err(), "tampered token verified");
+    assert!(
+        verify(&key, &tampered, &conn, iat).is_err(),
+        "tampered token verified"
+    );
 });

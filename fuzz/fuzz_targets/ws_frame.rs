@@ -18,7 +18,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let whole = run_reads(input.stream, &[], input.max_payload, input.max_message);
-    let split = run_reads(input.stream, &input.splits, input.max_payload, input.max_message);
+    let split = run_reads(
+        input.stream,
+        &input.splits,
+        input.max_payload,
+        input.max_message,
+    );
     assert_eq!(whole.0, split.0, "messages depend on read boundaries");
     assert_eq!(whole.1, split.1, "error depends on read boundaries");
     assert_eq!(whole.2.in_progress(), split.2.in_progress());
@@ -44,7 +49,13 @@ fuzz_target!(|data: &[u8]| {
         for i in 0..n {
             let fin = i + 1 == n;
             let op = if i == 0 { op } else { OpCode::Continuation };
-            encode_client_frame(fin, op, &payload[bounds[i]..bounds[i + 1]], mask, &mut stream);
+            encode_client_frame(
+                fin,
+                op,
+                &payload[bounds[i]..bounds[i + 1]],
+                mask,
+                &mut stream,
+            );
             if !fin && i == 0 {
                 // A control frame may arrive between fragments.
                 encode_client_frame(true, OpCode::Pong, &[i as u8], mask, &mut stream);

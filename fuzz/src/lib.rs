@@ -129,7 +129,10 @@ impl Owned {
                     Some(c) => assert!(close_code::is_valid_on_wire(c), "close code {c}"),
                 }
                 assert!(reason.len() <= CLOSE_REASON_MAX);
-                assert!(std::str::from_utf8(reason).is_ok(), "close reason is not UTF-8");
+                assert!(
+                    std::str::from_utf8(reason).is_ok(),
+                    "close reason is not UTF-8"
+                );
                 Self::Close(code, reason.to_vec())
             }
         }
@@ -178,14 +181,10 @@ impl Conn {
         let mut scratch = std::mem::take(&mut self.partial);
         scratch.extend_from_slice(read);
         let mut pos = 0;
-        loop {
-            // An incomplete parse must leave the bytes alone (else the next
-            // read would unmask them twice); the split-versus-whole comparison
-            // in `ws_frame` catches it if not.
-            let Some((h, range)) = parse_client_frame(&mut scratch[pos..], self.max_payload)?
-            else {
-                break;
-            };
+        // An incomplete parse must leave the bytes alone (else the next read
+        // would unmask them twice); the split-versus-whole comparison in
+        // `ws_frame` catches it if not.
+        while let Some((h, range)) = parse_client_frame(&mut scratch[pos..], self.max_payload)? {
             check_header(&h, self.max_payload);
             assert_eq!(range, h.header_len..h.frame_len());
             assert!(range.end <= scratch.len() - pos);
@@ -207,7 +206,10 @@ impl Conn {
                     h.frame_len()
                 }
                 None => {
-                    assert!(rest.len() < CLIENT_HEADER_LEN_MAX, "header longer than 14 bytes");
+                    assert!(
+                        rest.len() < CLIENT_HEADER_LEN_MAX,
+                        "header longer than 14 bytes"
+                    );
                     rest.len()
                 }
             };
@@ -232,9 +234,16 @@ fn check_header(h: &FrameHeader, max_payload: usize) {
         126..=65_535 => 2,
         _ => 8,
     };
-    assert_eq!(h.header_len, 2 + len_field + 4, "non-minimal length accepted");
+    assert_eq!(
+        h.header_len,
+        2 + len_field + 4,
+        "non-minimal length accepted"
+    );
     if h.opcode.is_control() {
-        assert!(h.fin && h.payload_len <= CONTROL_PAYLOAD_MAX, "bad control frame");
+        assert!(
+            h.fin && h.payload_len <= CONTROL_PAYLOAD_MAX,
+            "bad control frame"
+        );
     }
 }
 
@@ -287,8 +296,14 @@ pub fn check_client_frame_limits(f: &tern_proto::ClientFrame) {
     match f {
         ClientFrame::Send { kind, body, .. } => {
             assert!(body.len() <= BODY_BYTES_MAX, "body over the limit");
-            assert!(*kind != Kind::Text || body.is_string(), "text body not a string");
-            assert!(RawJson::from_text(body.as_str()).is_ok(), "body is not JSON");
+            assert!(
+                *kind != Kind::Text || body.is_string(),
+                "text body not a string"
+            );
+            assert!(
+                RawJson::from_text(body.as_str()).is_ok(),
+                "body is not JSON"
+            );
         }
         ClientFrame::Sync {
             limit: Some(limit), ..

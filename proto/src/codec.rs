@@ -31,7 +31,8 @@ use serde::Deserialize;
 
 use crate::body::RawJson;
 use crate::frames::{
-    ArchivedClientFrame, ArchivedEntry, ArchivedServerFrame, ClientFrame, ConvSummary, Entry, Event, Msg, ServerFrame,
+    ArchivedClientFrame, ArchivedEntry, ArchivedServerFrame, ClientFrame, ConvSummary, Entry,
+    Event, Msg, ServerFrame,
 };
 use crate::kind::{ErrorCode, Kind};
 use crate::{BODY_BYTES_MAX, SYNC_LIMIT_MAX};

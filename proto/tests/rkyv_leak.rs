@@ -69,12 +69,19 @@ fn sync_result_with_a_bad_body_is_refused_without_leaking() {
     bytes[at] = b'Q';
 
     let err = decode_server(Subprotocol::Rkyv, &bytes).unwrap_err();
-    assert!(err.message().contains("not valid JSON"), "{}", err.message());
+    assert!(
+        err.message().contains("not valid JSON"),
+        "{}",
+        err.message()
+    );
 
     let before = LIVE.load(Ordering::Relaxed);
     for _ in 0..ROUNDS {
         assert!(decode_server(Subprotocol::Rkyv, &bytes).is_err());
     }
     let grown = LIVE.load(Ordering::Relaxed) - before;
-    assert!(grown < SLACK_BYTES, "{grown} bytes leaked over {ROUNDS} decodes");
+    assert!(
+        grown < SLACK_BYTES,
+        "{grown} bytes leaked over {ROUNDS} decodes"
+    );
 }

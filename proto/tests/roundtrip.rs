@@ -444,8 +444,14 @@ fn rkyv_errors_do_not_leak_addresses() {
         }
         for at in [1, 7, 64] {
             let moved = at_offset(bytes, at);
-            assert_eq!(decode_client(Subprotocol::Rkyv, &moved[at..]), Err(client.clone()));
-            assert_eq!(decode_server(Subprotocol::Rkyv, &moved[at..]), Err(server.clone()));
+            assert_eq!(
+                decode_client(Subprotocol::Rkyv, &moved[at..]),
+                Err(client.clone())
+            );
+            assert_eq!(
+                decode_server(Subprotocol::Rkyv, &moved[at..]),
+                Err(server.clone())
+            );
             assert_eq!(Entry::from_storage_bytes(&moved[at..]), Err(entry.clone()));
         }
     }

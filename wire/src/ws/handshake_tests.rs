@@ -355,7 +355,13 @@ mod props {
         proptest::collection::vec(any::<bool>(), name.len()).prop_map(move |up| {
             name.chars()
                 .zip(up)
-                .map(|(c, u)| if u { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .map(|(c, u)| {
+                    if u {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
                 .collect()
         })
     }

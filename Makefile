@@ -33,6 +33,7 @@ run: build
 test: deps
 	$(CARGO) test --release --workspace
 	tests/interop/run.sh
+	$(MAKE) fuzz-ci
 
 # Interop with clients no one here wrote (Python websockets, Node ws) against
 # the release binary; installs their packages on first use, builds nothing.
@@ -59,3 +60,33 @@ SOAK_CYCLES ?= 50
 .PHONY: soak
 soak: deps
 	SOAK_CYCLES=$(SOAK_CYCLES) $(CARGO) test --release --test crash_soak -- --nocapture
+
+# Fuzzing (docs/RELIABILITY.md (Fuzzing)): cargo-fuzz + libFuzzer over the code
+# that reads client bytes. Runs on the stable toolchain: RUSTC_BOOTSTRAP=1
+# unlocks the -Z flags cargo-fuzz passes. Own target dir (sanitizer flags
+# would otherwise rebuild the main one); the fuzz crate does not build RocksDB.
+#   make fuzz-ci   every target for FUZZ_SECONDS (30) each; a crash fails
+#   make fuzz      the same, 600 s per target
+#   make fuzz-corpus  regenerate the committed seeds (fuzz/corpus/)
+FUZZ_TARGETS ?= ws_frame handshake json_frame rkyv_frame token_verify
+FUZZ_SECONDS ?= 30
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/tern-fuzz-target
+FUZZ_WORK_DIR ?= $(HOME)/.cache/tern-fuzz-work
+FUZZ_ENV := RUSTC_BOOTSTRAP=1 FUZZ_TARGET_DIR=$(FUZZ_TARGET_DIR) FUZZ_WORK_DIR=$(FUZZ_WORK_DIR)
+
+.PHONY: fuzz-deps fuzz-build fuzz-ci fuzz fuzz-corpus
+
+fuzz-deps: deps
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+
+fuzz-build: fuzz-deps
+	cd fuzz && $(FUZZ_ENV) $(CARGO) fuzz build -a --target-dir $(FUZZ_TARGET_DIR)
+
+fuzz-ci: fuzz-build
+	$(FUZZ_ENV) fuzz/ci.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz:
+	$(MAKE) fuzz-ci FUZZ_SECONDS=600
+
+fuzz-corpus: deps
+	cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) run --release --example gen_corpus

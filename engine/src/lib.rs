@@ -11,8 +11,8 @@
 //! - `mesh.rs`: bounded queues between shards; `home_shard`, `owner_shard`.
 //! - `encoded.rs`: frames encoded once per subprotocol.
 //! - `readers.rs`: threads for blocking storage reads.
-//! - [`ws`]: RFC 6455 handshake and frame codec (pure, no I/O).
-//! - [`token`]: HMAC-SHA256 access tokens (mint, verify without storage).
+//! - [`ws`]: RFC 6455 handshake and frame codec (pure, no I/O), and
+//!   [`token`]: HMAC-SHA256 access tokens; both from the `tern-wire` crate.
 //! - [`handle`]: [`EngineHandle`], the only door other threads (the HTTP
 //!   gateway) use to reach the shards.
 //! - [`limits`]: every fixed bound.
@@ -31,8 +31,6 @@ mod owner;
 mod readers;
 mod shard;
 mod shared;
-pub mod token;
-pub mod ws;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, StartError};
@@ -42,3 +40,6 @@ pub use handle::{
 };
 pub use hooks::{BeforeSend, BeforeSendRequest, EngineEvent, Verdict};
 pub use shared::now_ms;
+/// The handshake, frame codec and tokens live in `tern-wire` (fuzzable
+/// without storage); re-exported so `crate::ws` and `crate::token` paths hold.
+pub use tern_wire::{token, ws};

@@ -31,7 +31,8 @@ use serde::Deserialize;
 
 use crate::body::RawJson;
 use crate::frames::{
-    ArchivedClientFrame, ClientFrame, ConvSummary, Entry, Event, Msg, ServerFrame,
+    ArchivedClientFrame, ArchivedEntry, ArchivedServerFrame, ClientFrame, ConvSummary, Entry,
+    Event, Msg, ServerFrame,
 };
 use crate::kind::{ErrorCode, Kind};
 use crate::{BODY_BYTES_MAX, SYNC_LIMIT_MAX};
@@ -237,9 +238,33 @@ pub fn decode_server(sp: Subprotocol, payload: &[u8]) -> Result<ServerFrame, Dec
                 Err(e) => Err(json_error(e)),
             }
         }
-        Subprotocol::Rkyv => rkyv::from_bytes::<ServerFrame, rancor::BoxedError>(payload)
-            .map_err(|e| DecodeError::bad(format!("invalid rkyv frame: {e}"))),
+        Subprotocol::Rkyv => decode_server_rkyv(payload),
     }
+}
+
+fn decode_server_rkyv(payload: &[u8]) -> Result<ServerFrame, DecodeError> {
+    let archived = rkyv::access::<ArchivedServerFrame, rancor::BoxedError>(payload)
+        .map_err(|e| rkyv_error("invalid rkyv frame", &e))?;
+    // rkyv 0.8 leaks a `Vec`'s buffer (and the elements already built) when
+    // one of its elements fails to deserialize. After bytecheck the only
+    // element that can fail is an entry whose body is not JSON, so those are
+    // checked first and deserialization cannot fail inside the `Vec`.
+    // Found by the `rkyv_frame` fuzz target (LeakSanitizer).
+    if let ArchivedServerFrame::SyncResult { messages, .. } = archived {
+        for entry in messages.iter() {
+            let body = match entry {
+                ArchivedEntry::Msg(m) => &m.body,
+                ArchivedEntry::Event(e) => &e.data,
+            };
+            if let Err(e) = RawJson::from_text(body.as_str()) {
+                return Err(DecodeError::bad(format!(
+                    "invalid rkyv frame: body is not valid JSON: {e}"
+                )));
+            }
+        }
+    }
+    rkyv::deserialize::<ServerFrame, rancor::BoxedError>(archived)
+        .map_err(|e| rkyv_error("invalid rkyv frame", &e))
 }
 
 impl Entry {
@@ -260,7 +285,7 @@ impl Entry {
     /// never trusted; any byte alignment works.
     pub fn from_storage_bytes(b: &[u8]) -> Result<Entry, DecodeError> {
         rkyv::from_bytes::<Entry, rancor::BoxedError>(b)
-            .map_err(|e| DecodeError::bad(format!("corrupt stored entry: {e}")))
+            .map_err(|e| rkyv_error("corrupt stored entry", &e))
     }
 }
 
@@ -315,9 +340,41 @@ fn check_limit(limit: u64) -> Result<u32, DecodeError> {
 // rkyv
 // ---------------------------------------------------------------------------
 
+/// A decode error for an rkyv validation failure, safe to send to a client.
+///
+/// bytecheck's messages name the memory addresses of the buffer they checked
+/// ("subtree pointer overran range: ptr 0x00007b5c985e0030 ..."); sent as is
+/// they would tell any client where the server's heap is (defeating ASLR)
+/// and make the message depend on where the frame landed. Every hex literal
+/// is replaced by `0x_`; the rest of the message (what failed and where in
+/// the frame's structure) stays, since it is what a client author needs.
+/// Found by the `rkyv_frame` fuzz target.
+fn rkyv_error(context: &str, e: &impl fmt::Display) -> DecodeError {
+    DecodeError::bad(format!("{context}: {}", redact_hex(&e.to_string())))
+}
+
+/// `s` with every `0x`-prefixed hex number replaced by `0x_`.
+fn redact_hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("0x") {
+        out.push_str(&rest[..i + 2]);
+        let digits = rest[i + 2..]
+            .bytes()
+            .take_while(u8::is_ascii_hexdigit)
+            .count();
+        if digits > 0 {
+            out.push('_');
+        }
+        rest = &rest[i + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn decode_client_rkyv(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
     let archived = rkyv::access::<ArchivedClientFrame, rancor::BoxedError>(payload)
-        .map_err(|e| DecodeError::bad(format!("invalid rkyv frame: {e}")))?;
+        .map_err(|e| rkyv_error("invalid rkyv frame", &e))?;
     if let ArchivedClientFrame::Send {
         cmid,
         to,
@@ -333,7 +390,7 @@ fn decode_client_rkyv(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
             DecodeError::bad(format!("body is not valid JSON: {e}")).with_cmid(cmid)
         })?;
         let kind = rkyv::deserialize::<Kind, rancor::BoxedError>(kind)
-            .map_err(|e| DecodeError::bad(format!("invalid rkyv frame: {e}")))?;
+            .map_err(|e| rkyv_error("invalid rkyv frame", &e))?;
         let frame = ClientFrame::Send {
             cmid: cmid.to_owned(),
             to: to.as_str().to_owned(),
@@ -344,7 +401,7 @@ fn decode_client_rkyv(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
         return Ok(frame);
     }
     let frame = rkyv::deserialize::<ClientFrame, rancor::BoxedError>(archived)
-        .map_err(|e| DecodeError::bad(format!("invalid rkyv frame: {e}")))?;
+        .map_err(|e| rkyv_error("invalid rkyv frame", &e))?;
     check_client(&frame)?;
     Ok(frame)
 }

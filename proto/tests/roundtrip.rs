@@ -405,3 +405,79 @@ fn stored_entry_with_a_bad_body_is_refused() {
     let e = Entry::from_storage_bytes(&fake("[1")).unwrap_err();
     assert!(e.message().contains("not valid JSON"), "{e}");
 }
+
+/// `bytes` copied to offset `at` of a fresh buffer.
+fn at_offset(bytes: &[u8], at: usize) -> Vec<u8> {
+    let mut v = vec![0xAA; at];
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// Whether `s` has a hex literal with digits (a memory address, for one).
+fn has_hex_literal(s: &str) -> bool {
+    s.match_indices("0x")
+        .any(|(i, _)| s[i + 2..].starts_with(|c: char| c.is_ascii_hexdigit()))
+}
+
+/// Regression, found by the `rkyv_frame` fuzz target: bytecheck's errors
+/// name the addresses of the checked buffer ("subtree pointer overran range:
+/// ptr 0x00007b5c985e0030 ..."), and the message goes to the client in an
+/// `error` frame, telling it where the server's heap is. The message must not
+/// depend on where the frame sits in memory.
+#[test]
+fn rkyv_errors_do_not_leak_addresses() {
+    let send = encode_client(
+        Subprotocol::Rkyv,
+        &ClientFrame::Ack {
+            conv: "dm:a:b".into(),
+            seq: 1,
+        },
+    );
+    let inputs: [&[u8]; 4] = [&[], &[0; 3], &[0xFF; 40], &send[..send.len() - 1]];
+    for bytes in inputs {
+        let first = at_offset(bytes, 0);
+        let client = decode_client(Subprotocol::Rkyv, &first).unwrap_err();
+        let server = decode_server(Subprotocol::Rkyv, &first).unwrap_err();
+        let entry = Entry::from_storage_bytes(&first).unwrap_err();
+        for e in [&client, &server, &entry] {
+            assert!(!has_hex_literal(e.message()), "{}", e.message());
+        }
+        for at in [1, 7, 64] {
+            let moved = at_offset(bytes, at);
+            assert_eq!(
+                decode_client(Subprotocol::Rkyv, &moved[at..]),
+                Err(client.clone())
+            );
+            assert_eq!(
+                decode_server(Subprotocol::Rkyv, &moved[at..]),
+                Err(server.clone())
+            );
+            assert_eq!(Entry::from_storage_bytes(&moved[at..]), Err(entry.clone()));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any input decodes to the same result (error messages included) at
+    /// any address.
+    #[test]
+    fn rkyv_results_do_not_depend_on_the_address(
+        f in any_client(),
+        idx in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = encode_client(Subprotocol::Rkyv, &f);
+        let i = idx.index(bytes.len());
+        bytes[i] = byte;
+        bytes.truncate(cut.index(bytes.len() + 1));
+        let moved = at_offset(&bytes, 3);
+        prop_assert_eq!(decode_client(Subprotocol::Rkyv, &bytes), decode_client(Subprotocol::Rkyv, &moved[3..]));
+        prop_assert_eq!(decode_server(Subprotocol::Rkyv, &bytes), decode_server(Subprotocol::Rkyv, &moved[3..]));
+        if let Err(e) = decode_client(Subprotocol::Rkyv, &bytes) {
+            prop_assert!(!has_hex_literal(e.message()), "{}", e.message());
+        }
+    }
+}

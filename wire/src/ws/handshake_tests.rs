@@ -345,3 +345,79 @@ fn error_responses_have_status_length_and_close() {
     let (_, _, body) = parse_response(&error_response(&HandshakeError::BadRequest("missing Host")));
     assert_eq!(body, b"missing Host\n");
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Randomly cased header name.
+    fn cased(name: &'static str) -> impl Strategy<Value = String> {
+        proptest::collection::vec(any::<bool>(), name.len()).prop_map(move |up| {
+            name.chars()
+                .zip(up)
+                .map(|(c, u)| {
+                    if u {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any valid request (header names in any case and order, extra
+        /// headers, any offered subprotocols, bytes after it) parses to the
+        /// key and subprotocol it carries, and its 101 answer carries the
+        /// matching accept key.
+        #[test]
+        fn valid_requests_parse(
+            names in (cased("host"), cased("upgrade"), cased("connection"), cased("sec-websocket-key"), cased("sec-websocket-version")),
+            nonce in any::<[u8; 16]>(),
+            offers in proptest::collection::vec(prop_oneof![
+                Just("tern.v1.json"), Just("tern.v1.rkyv"), Just("chat"), Just("TERN.V1.JSON"),
+            ], 0..4),
+            extra in proptest::collection::vec(("x-[a-z]{1,8}", "[ -~]{0,20}"), 0..4),
+            order in any::<proptest::sample::Index>(),
+            trailing in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+            let mut headers = vec![
+                format!("{}: example.com", names.0),
+                format!("{}: websocket", names.1),
+                format!("{}: keep-alive, Upgrade", names.2),
+                format!("{}: {key}", names.3),
+                format!("{}: 13", names.4),
+            ];
+            for (n, v) in &extra {
+                headers.push(format!("{n}: {}", v.trim()));
+            }
+            if !offers.is_empty() {
+                headers.push(format!("Sec-WebSocket-Protocol: {}", offers.join(", ")));
+            }
+            let first = order.index(headers.len());
+            headers.rotate_left(first);
+            let mut req = String::from("GET /ws?x=1 HTTP/1.1\r\n");
+            for h in &headers {
+                req.push_str(h);
+                req.push_str("\r\n");
+            }
+            req.push_str("\r\n");
+            let mut bytes = req.clone().into_bytes();
+            bytes.extend_from_slice(&trailing);
+
+            let (hs, consumed) = parse_request(&bytes).unwrap().unwrap();
+            prop_assert_eq!(consumed, req.len());
+            prop_assert_eq!(&hs.key, &key);
+            let known = offers.iter().find_map(|o| Subprotocol::from_name(o));
+            prop_assert_eq!(hs.subprotocol, known.unwrap_or(Subprotocol::Json));
+            prop_assert_eq!(hs.echo_subprotocol, known.is_some());
+            let resp = String::from_utf8(accept_response(&hs.key, &hs)).unwrap();
+            let accept_line = format!("Sec-WebSocket-Accept: {}\r\n", accept_key(&key));
+            prop_assert!(resp.contains(&accept_line));
+        }
+    }
+}

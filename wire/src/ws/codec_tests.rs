@@ -731,3 +731,94 @@ proptest! {
         }
     }
 }
+
+/// A server frame as a client would send it: mask bit set and a zero mask
+/// (which leaves the payload as is), so the client-frame parser reads it.
+fn server_as_client(frame: &[u8]) -> Vec<u8> {
+    let header_len = match frame[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let mut out = frame[..header_len].to_vec();
+    out[1] |= MASK_BIT;
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&frame[header_len..]);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// encode_frame / decode: every server frame is one whole FIN frame that
+    /// decodes to the same opcode and payload, and nothing after it.
+    #[test]
+    fn server_frames_round_trip(
+        op in 0usize..5,
+        payload in prop_oneof![
+            3 => proptest::collection::vec(any::<u8>(), 0..300),
+            1 => proptest::collection::vec(any::<u8>(), 65_000..70_000),
+        ],
+        prefix in proptest::collection::vec(any::<u8>(), 0..4),
+    ) {
+        let op = [OpCode::Text, OpCode::Binary, OpCode::Close, OpCode::Ping, OpCode::Pong][op];
+        let payload = if op.is_control() { &payload[..payload.len().min(CONTROL_PAYLOAD_MAX)] } else { &payload[..] };
+        let mut out = prefix.clone();
+        encode_frame(op, payload, &mut out);
+        prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+        let mut frame = server_as_client(&out[prefix.len()..]);
+        let (h, range) = parse_client_frame(&mut frame, usize::MAX).unwrap().unwrap();
+        prop_assert!(h.fin);
+        prop_assert_eq!(h.opcode, op);
+        prop_assert_eq!(range.end, frame.len());
+        prop_assert_eq!(&frame[range], payload);
+    }
+
+    /// close_frame / Assembler: code and (cut) reason come back, and the
+    /// frame is always a valid control frame.
+    #[test]
+    fn close_frames_round_trip(code in 1000u16..5000, reason in "\\PC{0,80}") {
+        prop_assume!(close_code::is_valid_on_wire(code));
+        let mut frame = server_as_client(&close_frame(code, &reason));
+        let (h, range) = parse_client_frame(&mut frame, CONTROL_PAYLOAD_MAX).unwrap().unwrap();
+        let mut asm = Assembler::new(0);
+        let Some(Message::Close(got_code, got_reason)) = asm.push(&h, &frame[range]).unwrap() else {
+            panic!("not a close");
+        };
+        prop_assert_eq!(got_code, Some(code));
+        let got_reason = std::str::from_utf8(got_reason).unwrap();
+        prop_assert!(got_reason.len() <= CLOSE_REASON_MAX);
+        prop_assert!(reason.starts_with(got_reason));
+        // Cut only when needed, and then at the last char boundary that fits.
+        if reason.len() <= CLOSE_REASON_MAX {
+            prop_assert_eq!(got_reason, reason.as_str());
+        } else {
+            let next = reason[got_reason.len()..].chars().next().unwrap();
+            prop_assert!(got_reason.len() + next.len_utf8() > CLOSE_REASON_MAX);
+        }
+    }
+
+    /// encode_client_frame / parse_client_frame: header fields, masking and
+    /// payload survive for every length form and mask.
+    #[test]
+    fn client_frames_round_trip(
+        fin in any::<bool>(),
+        op in 0usize..3,
+        payload in prop_oneof![
+            3 => proptest::collection::vec(any::<u8>(), 0..300),
+            1 => proptest::collection::vec(any::<u8>(), 65_530..65_540),
+        ],
+        mask in any::<[u8; 4]>(),
+    ) {
+        let op = [OpCode::Continuation, OpCode::Text, OpCode::Binary][op];
+        let mut frame = Vec::new();
+        encode_client_frame(fin, op, &payload, mask, &mut frame);
+        if payload.len() >= 4 && mask != [0; 4] {
+            // Masked on the wire.
+            prop_assert_ne!(&frame[frame.len() - payload.len()..], &payload[..]);
+        }
+        let (h, range) = parse_client_frame(&mut frame, payload.len()).unwrap().unwrap();
+        prop_assert_eq!((h.fin, h.opcode, h.mask, h.payload_len), (fin, op, Some(mask), payload.len()));
+        prop_assert_eq!(&frame[range], &payload[..]);
+    }
+}

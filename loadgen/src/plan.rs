@@ -139,6 +139,8 @@ pub struct Plan {
     pub n_executors: usize,
     /// Pin each executor to its core.
     pub pin: bool,
+    /// Busy-poll before parking an idle executor.
+    pub spin: std::time::Duration,
 }
 
 /// Live counters of one executor, written by it, read by the main thread.
@@ -295,6 +297,7 @@ mod tests {
             run_id: 1,
             n_executors: 1,
             pin: false,
+            spin: std::time::Duration::ZERO,
         }
     }
 

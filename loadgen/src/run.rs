@@ -299,6 +299,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> anyhow::Result<Report> {
             .name(&format!("lg-{i}"))
             .io_memory(IO_MEMORY_BYTES)
             .ring_depth(RING_DEPTH)
+            .spin_before_park(plan.spin)
             .spawn(move || crate::exec::executor_main(i, p, c))
             .map_err(|e| anyhow::anyhow!("starting executor {i} (glommio needs io_uring): {e}"))?;
         handles.push(h);

@@ -19,7 +19,7 @@ stop() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER
 trap 'stop; rm -rf "$DATA"' EXIT
 
 start() { # fresh server per scenario, so one run's state never skews the next
-  stop; rm -rf "$DATA/db"
+  stop; rm -rf "${DATA:?}"/*
   taskset -c 0 "$T" serve --data-dir "$DATA" --ws-addr 127.0.0.1:7700 --http-addr 127.0.0.1:7701 \
     --shards 1 --durability fsync --send-rate-per-s 100000000 --send-burst 100000000 --log warn \
     >"$OUT/server.log" 2>&1 &
@@ -27,7 +27,7 @@ start() { # fresh server per scenario, so one run's state never skews the next
   for _ in $(seq 100); do curl -sf http://127.0.0.1:7701/healthz >/dev/null && return; sleep 0.1; done
   echo "server did not start"; cat "$OUT/server.log"; exit 1
 }
-lg() { taskset -c 1 "$L" --cores 1 --no-pin --quiet "$@" >/dev/null; }
+lg() { taskset -c 1 "$L" --cores 1 --no-pin --spin-us 20000 --quiet "$@" >/dev/null; }
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
 row() { printf '%-44s %14s   target %s\n' "$1" "$2" "$3"; }
 

@@ -175,6 +175,10 @@ impl Conn {
     /// Remove every unacked entry of `conv` with seq <= `seq` (cumulative ack).
     pub fn ack(&mut self, conv: &str, seq: u64) {
         self.unacked.retain(|u| !(u.seq <= seq && &*u.conv == conv));
+        if self.unacked.is_empty() {
+            // All acked: an idle connection keeps no list capacity.
+            self.unacked = VecDeque::new();
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod sockio;
 pub mod timer;
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -435,6 +436,8 @@ impl Shard {
                 }
             }
         }
+        // Everything left: an idle connection keeps no queue capacity.
+        c.outq = VecDeque::new();
         if c.closing == Closing::CloseSent {
             // Our close frame is out: no more writes from us (RFC 6455 7.1.1
             // lets the server close the TCP connection first).

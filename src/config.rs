@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax; RUST_LOG wins) [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Demo mode: the web client at /app/ may create users and mint tokens
+    /// without the API key (POST /demo/session). Never on a public server.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// Keys of the TOML file.
@@ -88,6 +92,7 @@ struct FileConfig {
     send_rate_per_s: Option<u32>,
     send_burst: Option<u32>,
     log: Option<String>,
+    demo: Option<bool>,
     webhook: Option<WebhookFile>,
     before_send: Option<BeforeSendFile>,
 }
@@ -136,6 +141,7 @@ pub struct Settings {
     pub send_rate_per_s: u32,
     pub send_burst: u32,
     pub log: String,
+    pub demo: bool,
     pub webhook: Option<tern_gateway_http::WebhookConfig>,
     pub before_send: Option<tern_gateway_http::BeforeSendConfig>,
 }
@@ -200,6 +206,7 @@ impl Settings {
             send_rate_per_s: a.send_rate_per_s.or(f.send_rate_per_s).unwrap_or(50),
             send_burst: a.send_burst.or(f.send_burst).unwrap_or(200),
             log: a.log.or(f.log).unwrap_or_else(|| "info".to_owned()),
+            demo: a.demo || f.demo.unwrap_or(false),
             webhook: f.webhook.map(|w| {
                 let mut c = tern_gateway_http::WebhookConfig::new(w.url, w.secret);
                 c.events = w.events.unwrap_or_default();

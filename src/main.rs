@@ -129,6 +129,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             body_bytes_max: cfg.http_body_bytes_max,
             webhook: cfg.webhook.clone(),
             events: events_rx,
+            demo: cfg.demo,
+            ws_port: engine.ws_addr().port(),
         },
         engine.handle(),
         runtime,

@@ -42,6 +42,7 @@ pub(crate) const SECURITY_SCHEME: &str = "api_key";
         groups::members,
         messages::send,
         messages::history,
+        crate::admin_stats::stats,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -9,6 +9,8 @@ const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 export default defineConfig({
   base: '/',
   build: {
+    // `npm run build` builds into .build-tmp and syncs changed files to
+    // dist/www (scripts/sync-dist.mjs).
     outDir: 'dist/www',
     emptyOutDir: true,
     assetsDir: 'static',

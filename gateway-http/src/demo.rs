@@ -214,7 +214,8 @@ async fn create_group<E: Engine>(
 ) -> Result<Json<GroupDto>, ApiError> {
     let limits = admit(&web, &headers)?;
     let ApiJson(body) = body?;
-    let group = GroupId::from_string(body.group).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let group =
+        GroupId::from_string(body.group).map_err(|e| ApiError::bad_request(e.to_string()))?;
     check_name(&body.name)?;
     if body.members.is_empty() || body.members.len() > DEMO_GROUP_MEMBERS_MAX {
         return Err(ApiError::bad_request(format!(

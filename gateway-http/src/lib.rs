@@ -301,7 +301,9 @@ fn start_with<E: engine::Engine>(
         ws_port: cfg.ws_port,
     })));
     if cfg.demo {
-        tracing::warn!("demo mode: anyone reaching {local_addr} can sign in as any user (POST /demo/session)");
+        tracing::warn!(
+            "demo mode: anyone reaching {local_addr} can sign in as any user (POST /demo/session)"
+        );
     }
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -408,3 +410,5 @@ fn serve(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod web_tests;

@@ -55,7 +55,6 @@ describe('operations dashboard', () => {
       await carolPage.press('#composer-input', 'Enter');
     }
     await until(async () => Number((await admin.textContent('#total-in'))?.split(' ')[0]), 5);
-    await screenshot(admin, 'admin-dashboard');
 
     await davePage.close();
     await until(connections, '1');
@@ -69,6 +68,7 @@ describe('operations dashboard', () => {
     await until(connections, '0');
     await until(async () => admin.textContent('#presence-summary'), 'carol is offline');
     await screenshot(carolPage, 'app-kicked');
+    await screenshot(admin, 'admin-dashboard');
     await carol.close();
     await dave.close();
   });

@@ -57,6 +57,19 @@ describe('TernClient session', () => {
     s.client.close();
   });
 
+  it('drops and retries a connection that never authenticates', async () => {
+    const s = setup();
+    s.client.start();
+    await vi.advanceTimersByTimeAsync(0);
+    s.f.last().open();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(s.f.last().closedByClient).toBe(true);
+    expect(s.client.state).toMatchObject({ state: 'offline', reason: 'no answer to auth' });
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(s.f.sockets).toHaveLength(2);
+    s.client.close();
+  });
+
   it('asks the token function before every attempt', async () => {
     let n = 0;
     const s = setup({ token: async () => `t${++n}` });

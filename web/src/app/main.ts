@@ -447,7 +447,7 @@ function renderBody(kind: Kind, body: unknown): HTMLElement {
     a.href = url;
     a.target = '_blank';
     a.rel = 'noopener noreferrer';
-    a.textContent = `📄 ${name}`;
+    a.textContent = name;
     const size = document.createElement('span');
     size.className = 'size';
     size.textContent = [typeof media.mime === 'string' ? media.mime : '', humanSize(media.size)].filter(Boolean).join(' · ');

@@ -122,6 +122,8 @@ const OUTBOX_TICK_MS = 1000;
 const WATCHDOG_SLACK_MS = 5000;
 /** Pings at most this far apart, whatever heartbeat the server announces. */
 const PING_INTERVAL_MAX_MS = 15_000;
+/** A connection not authenticated this long after the attempt began is dropped and retried. */
+const CONNECT_TIMEOUT_MS = 10_000;
 
 /** Thrown (as a rejection) by `send` for a permanent `send_err` or a closed client. */
 export class SendError extends Error {
@@ -160,6 +162,7 @@ export class TernClient extends Emitter<ClientEvents> {
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private outboxTimer: ReturnType<typeof setInterval> | null = null;
+  private connectTimer: ReturnType<typeof setTimeout> | null = null;
   private lastHeard = 0;
   private unacked = new Map<string, number>();
   private unackedCount = 0;
@@ -298,6 +301,13 @@ export class TernClient extends Emitter<ClientEvents> {
       return;
     }
     this.ws = ws;
+    this.clearConnectTimer();
+    this.connectTimer = setTimeout(() => {
+      this.connectTimer = null;
+      if (gen !== this.generation || this.stateInfo.state !== 'connecting') return;
+      this.dropSocket(1000, 'connect timeout');
+      this.scheduleRetry('no answer to auth');
+    }, CONNECT_TIMEOUT_MS);
     ws.onopen = () => {
       if (gen !== this.generation) return;
       this.lastHeard = Date.now();
@@ -346,6 +356,11 @@ export class TernClient extends Emitter<ClientEvents> {
     }, delay);
   }
 
+  private clearConnectTimer(): void {
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  }
+
   private clearRetry(): void {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
@@ -353,6 +368,7 @@ export class TernClient extends Emitter<ClientEvents> {
 
   private dropSocket(code: number, reason: string): void {
     this.generation++;
+    this.clearConnectTimer();
     this.stopPing();
     this.syncing.clear();
     const ws = this.ws;
@@ -407,6 +423,7 @@ export class TernClient extends Emitter<ClientEvents> {
   private onFrame(f: ServerFrame): void {
     switch (f.type) {
       case 'auth_ok':
+        this.clearConnectTimer();
         this.me = f;
         this.attempt = 0;
         this.setState({ state: 'online' });

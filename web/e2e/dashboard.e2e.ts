@@ -67,6 +67,7 @@ describe('operations dashboard', () => {
     await until(() => connState(carolPage), 'stopped');
     await until(connections, '0');
     await until(async () => admin.textContent('#presence-summary'), 'carol is offline');
+    expect(await admin.textContent('#presence-error')).toBe('kicked 1 connection');
     await screenshot(carolPage, 'app-kicked');
     await screenshot(admin, 'admin-dashboard');
     await carol.close();

@@ -164,8 +164,8 @@ async function kick(user: string, device?: string): Promise<void> {
     return;
   }
   const { kicked } = (await r.json()) as { kicked: number };
-  $('presence-error').textContent = `kicked ${kicked} connection${kicked === 1 ? '' : 's'}`;
   await lookup(user);
+  $('presence-error').textContent = `kicked ${kicked} connection${kicked === 1 ? '' : 's'}`;
 }
 
 $('key-form').addEventListener('submit', (ev) => {

@@ -1,8 +1,10 @@
-//! `GET /v1/stats`: the counters of `/metrics` as one JSON object, for the
-//! operations dashboard (`/admin/`), which polls it every second and plots
-//! the differences. Behind the API key like every `/v1` route: unlike the
-//! Prometheus page it is meant for a browser, and a browser page is easier
-//! to leave open somewhere than a scraper.
+//! `GET /admin/stats`: the counters of `/metrics` as one JSON object, for
+//! the operations dashboard (`/admin/`), which polls it every second and
+//! plots the differences. Behind the API key (`auth.rs` guards this path
+//! like `/v1`): unlike the Prometheus page it is meant for a browser, and a
+//! browser page is easier to leave open somewhere than a scraper. Not under
+//! `/v1` and not in `/openapi.json`: `/v1` is the contract's business API,
+//! this is an operator's view of one server.
 
 use std::sync::atomic::Ordering;
 
@@ -10,19 +12,16 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use tern_engine::EngineMetrics;
-use utoipa::ToSchema;
 
 use crate::engine::Engine;
-use crate::error::ErrorBody;
 use crate::metrics::GatewayCounters;
 use crate::routes::Shared;
 
 /// A histogram: cumulative `[le, count]` buckets (`le` null: no bound),
 /// total count and sum.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug)]
 pub(crate) struct HistogramDto {
     /// `[upper bound or null, observations at or below it]`, ascending.
-    #[schema(value_type = Vec<Vec<Option<u64>>>)]
     buckets: Vec<(Option<u64>, u64)>,
     count: u64,
     sum: u64,
@@ -42,7 +41,7 @@ impl HistogramDto {
 }
 
 /// Storage writer counters.
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug)]
 pub(crate) struct StorageDto {
     /// Requests per write batch.
     batch_size: HistogramDto,
@@ -57,7 +56,7 @@ pub(crate) struct StorageDto {
 }
 
 /// Webhook dispatcher counters (events).
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug)]
 pub(crate) struct WebhookDto {
     /// Events waiting in the gateway's queue now.
     queue_depth: u64,
@@ -66,9 +65,9 @@ pub(crate) struct WebhookDto {
     failed: u64,
 }
 
-/// Answer of `GET /v1/stats`: counters are totals since start; the client
+/// Answer of `GET /admin/stats`: counters are totals since start; the client
 /// divides differences by the time between two answers (`ts`).
-#[derive(Serialize, Debug, ToSchema)]
+#[derive(Serialize, Debug)]
 pub(crate) struct StatsDto {
     /// Server time of the snapshot, ms since the Unix epoch.
     ts: u64,
@@ -134,19 +133,10 @@ fn snapshot(e: EngineMetrics, gw: &GatewayCounters) -> StatsDto {
     }
 }
 
-/// `GET /v1/stats`: the engine's and the gateway's counters as JSON.
-#[utoipa::path(
-    get,
-    path = "/v1/stats",
-    operation_id = "stats",
-    tag = "operations",
-    responses(
-        (status = 200, description = "Counters since start", body = StatsDto),
-        (status = 401, description = "No API key", body = ErrorBody),
-        (status = 403, description = "Wrong API key", body = ErrorBody),
-    ),
-    security(("api_key" = []))
-)]
+/// Path of the stats route.
+pub(crate) const PATH: &str = "/admin/stats";
+
+/// `GET /admin/stats`: the engine's and the gateway's counters as JSON.
 pub(crate) async fn stats<E: Engine>(State(st): State<Shared<E>>) -> Json<StatsDto> {
     Json(snapshot(st.engine.metrics(), &st.counters))
 }

@@ -21,7 +21,7 @@
 //!   before-send hook.
 //! - `web_assets.rs`: the embedded browser client (`/app/`) and dashboard
 //!   (`/admin/`); `demo.rs`: demo sign-in (`--demo`); `admin_stats.rs`:
-//!   `GET /v1/stats`, the dashboard's JSON counters.
+//!   `GET /admin/stats`, the dashboard's JSON counters.
 //!
 //! # Start-up order
 //! The engine needs its before-send hook when it starts, and the gateway

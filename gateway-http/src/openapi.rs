@@ -42,7 +42,6 @@ pub(crate) const SECURITY_SCHEME: &str = "api_key";
         groups::members,
         messages::send,
         messages::history,
-        crate::admin_stats::stats,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -1,5 +1,5 @@
 //! Router tests of the web additions: demo sign-in on and off, its bounds,
-//! `/app/config.json`, `/v1/stats` behind the key, the pages.
+//! `/app/config.json`, `/admin/stats` behind the key, the pages.
 
 use std::sync::Arc;
 
@@ -174,9 +174,13 @@ async fn config_tells_the_page_where_the_socket_is() {
 async fn stats_need_the_key() {
     let fake = FakeEngine::default();
     let app = app(&fake, false);
-    let (status, _, _) = call(&app, Request::get("/v1/stats").body(Body::empty()).unwrap()).await;
+    let (status, _, _) = call(
+        &app,
+        Request::get("/admin/stats").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let req = Request::get("/v1/stats")
+    let req = Request::get("/admin/stats")
         .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
         .body(Body::empty())
         .unwrap();

@@ -25,7 +25,7 @@ const connections = () => admin.textContent('#total-connections');
 
 describe('operations dashboard', () => {
   it('asks for the API key and refuses a wrong one', async () => {
-    const r = await fetch(`${server.base}/v1/stats`);
+    const r = await fetch(`${server.base}/admin/stats`);
     expect(r.status).toBe(401);
     await admin.goto(`${server.base}/admin/`);
     await admin.fill('#api-key', 'not-the-key');

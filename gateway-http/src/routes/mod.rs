@@ -65,7 +65,10 @@ pub(crate) fn router<E: Engine>(
             "/v1/conversations/{conv}/messages",
             get(messages::history::<E>),
         )
-        .route("/v1/stats", get(crate::admin_stats::stats::<E>))
+        .route(
+            crate::admin_stats::PATH,
+            get(crate::admin_stats::stats::<E>),
+        )
         .merge(crate::demo::routes::<E>())
         .merge(crate::web_assets::routes())
         // Must come after the routes: it is installed on each existing one.

@@ -1,4 +1,4 @@
-// Tern's operations dashboard: polls `GET /v1/stats` every second with the
+// Tern's operations dashboard: polls `GET /admin/stats` every second with the
 // operator's API key and plots the differences; looks up presence and
 // kicks through the public `/v1` routes.
 import { isValidId } from '../lib';
@@ -74,7 +74,7 @@ function setPoll(state: string, text: string): void {
 async function poll(): Promise<void> {
   timer = null;
   try {
-    const r = await api('GET', '/v1/stats');
+    const r = await api('GET', '/admin/stats');
     if (r.status === 401 || r.status === 403) {
       sessionStorage.removeItem(KEY_STORAGE);
       showKey(`The server refused the key (${await errorText(r)}).`);

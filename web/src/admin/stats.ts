@@ -1,4 +1,4 @@
-// The shape of `GET /v1/stats` and what the dashboard derives from two
+// The shape of `GET /admin/stats` and what the dashboard derives from two
 // consecutive answers.
 
 export interface Histogram {

@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(CARGO_TARGET_DIR)/release/tern
 ARGS ?=
 
-.PHONY: deps build run test lint fmt bench test-interop
+.PHONY: deps build run test lint fmt bench test-interop web chromium test-web
 
 deps:
 	@if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then \
@@ -24,15 +24,16 @@ deps:
 		curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; \
 	fi
 
-build: deps
+build: deps web
 	$(CARGO) build --release --bin tern
 
 run: build
 	$(BIN) serve $(ARGS)
 
-test: deps
+test: deps web
 	$(CARGO) test --release --workspace
 	tests/interop/run.sh
+	$(MAKE) test-web
 	$(MAKE) fuzz-ci
 
 # Interop with clients no one here wrote (Python websockets, Node ws) against
@@ -90,3 +91,33 @@ fuzz:
 
 fuzz-corpus: deps
 	cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) $(CARGO) run --release --example gen_corpus
+
+# The browser client (/app/) and dashboard (/admin/) in web/: TypeScript +
+# Vite from the npm registry. The built assets (web/dist/www) are embedded in
+# the binary by gateway-http/build.rs, so `make build` builds them first.
+# Vite needs node >= 20.19: Debian's own nodejs is older, so one is installed
+# only when none is present.
+web:
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "installing nodejs and npm (to build the web client)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; \
+	fi
+	@node -e 'const [a,b]=process.versions.node.split(".").map(Number); if (a<20||(a===20&&b<19)) { console.error("node "+process.version+" is too old for Vite: install node >= 20.19"); process.exit(1) }'
+	@if [ ! web/node_modules/.package-lock.json -nt web/package-lock.json ]; then cd web && npm ci --no-audit --no-fund; fi
+	cd web && npm run build
+
+# Headless Chromium for the browser tests: Debian's package (Playwright's own
+# browser download is not used).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing chromium (for the browser tests)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium fonts-dejavu-core; \
+	fi
+
+# Client-library unit tests (vitest), then the browser tests: the real
+# `tern serve --demo` (built as `make test` builds it) and headless Chromium.
+# Screenshots and server logs go to web/test-artifacts/.
+test-web: deps web chromium
+	$(CARGO) test --release --workspace --no-run
+	cd web && npm test
+	cd web && TERN_BIN=$(BIN) timeout 900 npm run e2e

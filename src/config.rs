@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// HTTPS listen address for the HTTP API (TOML: `[tls] http_addr`) [default: none].
     #[arg(long, value_name = "ADDR")]
     pub tls_http_addr: Option<SocketAddr>,
+    /// Demo mode: the web client at /app/ may create users and mint tokens
+    /// without the API key (POST /demo/session). Never on a public server.
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// Keys of the TOML file.
@@ -108,6 +112,7 @@ struct FileConfig {
     max_conns: Option<usize>,
     max_conns_per_ip: Option<usize>,
     log: Option<String>,
+    demo: Option<bool>,
     webhook: Option<WebhookFile>,
     before_send: Option<BeforeSendFile>,
     tls: Option<TlsFile>,
@@ -181,6 +186,7 @@ pub struct Settings {
     pub max_conns: usize,
     pub max_conns_per_ip: usize,
     pub log: String,
+    pub demo: bool,
     pub webhook: Option<tern_gateway_http::WebhookConfig>,
     pub before_send: Option<tern_gateway_http::BeforeSendConfig>,
     pub tls: Option<TlsSettings>,
@@ -296,6 +302,7 @@ impl Settings {
                 .or(f.max_conns_per_ip)
                 .unwrap_or(tern_engine::config::MAX_CONNS_PER_IP_DEFAULT),
             log: a.log.or(f.log).unwrap_or_else(|| "info".to_owned()),
+            demo: a.demo || f.demo.unwrap_or(false),
             webhook: f.webhook.map(|w| {
                 let mut c = tern_gateway_http::WebhookConfig::new(w.url, w.secret);
                 c.events = w.events.unwrap_or_default();

@@ -159,6 +159,8 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
             webhook: cfg.webhook.clone(),
             events: events_rx,
             tls: tls.https.clone(),
+            demo: cfg.demo,
+            ws_port: engine.ws_addr().port(),
         },
         engine.handle(),
         runtime,

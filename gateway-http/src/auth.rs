@@ -36,9 +36,10 @@ impl ApiKey {
     }
 }
 
-/// Paths the key protects: `/v1` and everything under it.
+/// Paths the key protects: `/v1` and everything under it, and the
+/// dashboard's stats route (the dashboard page itself holds no data).
 fn is_protected(path: &str) -> bool {
-    path == "/v1" || path.starts_with("/v1/")
+    path == "/v1" || path.starts_with("/v1/") || path == crate::admin_stats::PATH
 }
 
 /// The credential of a `Bearer` Authorization header (scheme name

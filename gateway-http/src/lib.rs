@@ -19,6 +19,9 @@
 //!   with utoipa.
 //! - `webhooks/`: event webhooks (batched, signed, retried) and the
 //!   before-send hook.
+//! - `web_assets.rs`: the embedded browser client (`/app/`) and dashboard
+//!   (`/admin/`); `demo.rs`: demo sign-in (`--demo`); `admin_stats.rs`:
+//!   `GET /admin/stats`, the dashboard's JSON counters.
 //!
 //! # Start-up order
 //! The engine needs its before-send hook when it starts, and the gateway
@@ -39,13 +42,16 @@
 //!   the handle, so an HTTP send has the same path and guarantees as a
 //!   WebSocket send.
 
+mod admin_stats;
 mod auth;
+mod demo;
 mod engine;
 mod error;
 mod json;
 mod metrics;
 mod openapi;
 mod routes;
+mod web_assets;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -98,6 +104,12 @@ pub struct GatewayConfig {
     /// webhook. Give it together with `webhook`: without one it is dropped
     /// (and the engine should not produce events at all).
     pub events: Option<crossbeam_channel::Receiver<EngineEvent>>,
+    /// Demo mode (`tern serve --demo`): `POST /demo/session` mints tokens
+    /// without the API key. Off by default.
+    pub demo: bool,
+    /// The engine's WebSocket port, told to the browser client by
+    /// `/app/config.json`.
+    pub ws_port: u16,
     /// A second listener serving the same API over TLS; `None`: plain only.
     pub tls: Option<HttpsConfig>,
 }
@@ -124,9 +136,14 @@ impl GatewayConfig {
             webhook: None,
             events: None,
             tls: None,
+            demo: false,
+            ws_port: DEFAULT_WS_PORT,
         }
     }
 }
+
+/// PROTOCOL.md's default WebSocket port, for [`GatewayConfig::new`].
+const DEFAULT_WS_PORT: u16 = 7700;
 
 impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,6 +155,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("webhook", &self.webhook)
             .field("events", &self.events.is_some())
             .field("tls", &self.tls.as_ref().map(|t| t.addr))
+            .field("demo", &self.demo)
+            .field("ws_port", &self.ws_port)
             .finish()
     }
 }
@@ -307,7 +326,16 @@ fn start_with<E: engine::Engine>(
         Arc::new(routes::AppState { engine, counters }),
         Arc::new(auth::ApiKey::new(&cfg.api_key)),
         cfg.body_bytes_max,
-    );
+    )
+    .layer(axum::Extension(Arc::new(web_assets::WebState {
+        demo: cfg.demo.then(demo::DemoLimits::new),
+        ws_port: cfg.ws_port,
+    })));
+    if cfg.demo {
+        tracing::warn!(
+            "demo mode: anyone reaching {local_addr} can sign in as any user (POST /demo/session)"
+        );
+    }
     let (stop, stop_rx) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("tern-http-serve".into())
@@ -438,3 +466,5 @@ fn serve(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod web_tests;

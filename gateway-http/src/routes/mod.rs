@@ -65,6 +65,12 @@ pub(crate) fn router<E: Engine>(
             "/v1/conversations/{conv}/messages",
             get(messages::history::<E>),
         )
+        .route(
+            crate::admin_stats::PATH,
+            get(crate::admin_stats::stats::<E>),
+        )
+        .merge(crate::demo::routes::<E>())
+        .merge(crate::web_assets::routes())
         // Must come after the routes: it is installed on each existing one.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -271,7 +271,10 @@ impl Shard {
         };
         self.poller.remove(c.fd());
         let mut users = self.users.borrow_mut();
-        if users.get_mut(&c.user).is_some_and(|v| v.remove((slot, gen))) {
+        if users
+            .get_mut(&c.user)
+            .is_some_and(|v| v.remove((slot, gen)))
+        {
             users.remove(&c.user);
         }
         self.shared.stats.connections[self.idx].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -90,7 +90,10 @@ fn cut_frames(shard: &Shard, slot: u32, gen: u32, data: &mut [u8], actions: &mut
     };
     c.last_rx_ms = now_ms();
     c.pinged = false;
-    let Rx { mut partial, mut asm } = match c.rx.take() {
+    let Rx {
+        mut partial,
+        mut asm,
+    } = match c.rx.take() {
         Some(rx) => *rx,
         None => Rx::new(max),
     };

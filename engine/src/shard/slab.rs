@@ -146,7 +146,10 @@ mod tests {
         assert!(!u.remove((9, 9)));
         assert!(!u.remove((1, 0)));
         assert!(matches!(u, UserConns::One((3, 5))));
-        assert!(!u.remove((3, 4)), "another generation is another connection");
+        assert!(
+            !u.remove((3, 4)),
+            "another generation is another connection"
+        );
         assert!(u.remove((3, 5)));
         assert_eq!(std::mem::size_of::<UserConns>(), 24);
     }

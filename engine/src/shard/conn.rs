@@ -172,13 +172,20 @@ impl Conn {
         true
     }
 
+    /// Free the capacity of empty queues. Not on every drain: a busy
+    /// connection would reallocate on each loop pass.
+    pub fn release_idle_capacity(&mut self) {
+        if self.outq.is_empty() && self.outq.capacity() > 0 {
+            self.outq = VecDeque::new();
+        }
+        if self.unacked.is_empty() && self.unacked.capacity() > 0 {
+            self.unacked = VecDeque::new();
+        }
+    }
+
     /// Remove every unacked entry of `conv` with seq <= `seq` (cumulative ack).
     pub fn ack(&mut self, conv: &str, seq: u64) {
         self.unacked.retain(|u| !(u.seq <= seq && &*u.conv == conv));
-        if self.unacked.is_empty() {
-            // All acked: an idle connection keeps no list capacity.
-            self.unacked = VecDeque::new();
-        }
     }
 }
 

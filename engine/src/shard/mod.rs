@@ -25,7 +25,6 @@ pub mod sockio;
 pub mod timer;
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::rc::Rc;
@@ -243,6 +242,12 @@ impl Shard {
             ts: now,
         };
         self.send_frame(slot, gen, &ok);
+        // `auth_ok` leaves now, so the new connection keeps no queue
+        // capacity (a connect storm would otherwise leave 64 B on each).
+        self.flush_now(slot, gen);
+        if let Some(c) = self.conns.borrow_mut().get_mut(slot, gen) {
+            c.release_idle_capacity();
+        }
         self.timers.borrow_mut().arm(
             now + self.shared.cfg.heartbeat_ms,
             TimerEntry {
@@ -439,8 +444,6 @@ impl Shard {
                 }
             }
         }
-        // Everything left: an idle connection keeps no queue capacity.
-        c.outq = VecDeque::new();
         if c.closing == Closing::CloseSent {
             // Our close frame is out: no more writes from us (RFC 6455 7.1.1
             // lets the server close the TCP connection first).
@@ -709,6 +712,9 @@ impl Shard {
                     let Some(c) = conns.get_mut(e.slot, e.gen) else {
                         return;
                     };
+                    // Once per heartbeat: a connection gone quiet gives back
+                    // the queue capacity its busy period grew.
+                    c.release_idle_capacity();
                     let silent = now.saturating_sub(c.last_rx_ms);
                     if silent >= 2 * hb {
                         dead = true;

@@ -506,13 +506,16 @@ impl Shard {
     fn on_push(&self, p: Push) {
         let now = now_ms();
         let users = self.users.borrow();
+        // The skipped user's entry, found once: members are then skipped by
+        // entry identity instead of a string comparison each.
+        let skip = p.skip_user.as_ref().and_then(|u| users.get(u));
         for user in p.users.iter() {
-            if p.skip_user.as_ref() == Some(user) {
-                continue;
-            }
             let Some(slots) = users.get(user) else {
                 continue;
             };
+            if skip.is_some_and(|s| std::ptr::eq(s, slots)) {
+                continue;
+            }
             for &(slot, gen) in slots.as_slice() {
                 if p.except == Some(self.conn_ref(slot, gen)) {
                     continue;

@@ -108,7 +108,7 @@ pub struct DecodeError {
 impl DecodeError {
     fn bad(message: impl Into<String>) -> DecodeError {
         DecodeError {
-            message: message.into(),
+            message: bounded_message(message.into()),
             too_large: false,
             cmid: None,
         }
@@ -419,6 +419,27 @@ fn decode_client_json(payload: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// A client message for a serde_json error.
+/// Longest error message sent back to a client. serde's texts quote the
+/// offending value whole (a 64 KiB string field would come back in full):
+/// the error frame must not echo client input without a bound.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+
+/// `message` cut to [`ERROR_MESSAGE_BYTES_MAX`] bytes on a char boundary,
+/// marked with an ellipsis when cut.
+fn bounded_message(mut message: String) -> String {
+    const MARK: &str = "…";
+    if message.len() > ERROR_MESSAGE_BYTES_MAX {
+        let mut cut = ERROR_MESSAGE_BYTES_MAX - MARK.len();
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(MARK);
+    }
+    debug_assert!(message.len() <= ERROR_MESSAGE_BYTES_MAX);
+    message
+}
+
 fn json_error(e: serde_json::Error) -> DecodeError {
     use serde_json::error::Category;
     match e.classify() {

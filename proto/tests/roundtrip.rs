@@ -481,3 +481,29 @@ proptest! {
         }
     }
 }
+
+/// Found by the `json_frame` fuzzer: serde quotes a mistyped value whole,
+/// and the message goes back to the client in an error frame. It must not
+/// echo client input without a bound.
+#[test]
+fn json_error_messages_do_not_echo_input_unbounded() {
+    use tern_proto::codec::ERROR_MESSAGE_BYTES_MAX;
+    let mut crash = vec![b'"'];
+    crash.extend(std::iter::repeat_n(0x7f, 97));
+    crash.extend_from_slice(b"d\":/2");
+    let long = format!("\"{}\"", "\u{7f}".repeat(20_000));
+    let mistyped = format!("{{\"type\":{}}}", "9".repeat(10_000));
+    let sp = tern_proto::Subprotocol::Json;
+    for input in [crash, long.into_bytes(), mistyped.into_bytes()] {
+        let e = tern_proto::codec::decode_client(sp, &input).expect_err("not a frame");
+        assert!(!e.message().is_empty());
+        assert!(
+            e.message().len() <= ERROR_MESSAGE_BYTES_MAX,
+            "{} bytes: {}",
+            e.message().len(),
+            e.message()
+        );
+        let s = tern_proto::codec::decode_server(sp, &input).expect_err("not a frame");
+        assert!(s.message().len() <= ERROR_MESSAGE_BYTES_MAX);
+    }
+}

@@ -72,10 +72,6 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// awaits the engine; the shards own the cores, so two workers are plenty.
 const WORKER_THREADS: usize = 2;
 
-/// Pending connections the kernel queues before `accept`; absorbs a burst of
-/// business clients (re)connecting at once.
-const LISTEN_BACKLOG: u32 = 1024;
-
 /// How long [`Gateway::shutdown`] lets in-flight requests finish after the
 /// listener closed. A send that is already with the engine completes there
 /// regardless; this only bounds how long we wait to answer it.
@@ -288,7 +284,7 @@ fn start_with<E: engine::Engine>(
     let listener = {
         // Registering the socket with the reactor needs the runtime's context.
         let _guard = rt.enter();
-        bind(cfg.addr).map_err(bind_err)?
+        tern_tls::bind_tcp(cfg.addr).map_err(bind_err)?
     };
     let local_addr = listener.local_addr().map_err(bind_err)?;
     let tls_listener = match &cfg.tls {
@@ -386,19 +382,6 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop_and_join();
     }
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // Restarts must not fail on connections in TIME_WAIT. (Without
-    // SO_REUSEPORT a second live listener on the port is still refused.)
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Body of the serving thread: run until asked to stop, then drain.

@@ -33,7 +33,7 @@ mod listener;
 mod pem;
 mod relay;
 
-pub use listener::{TlsConn, TlsListener};
+pub use listener::{bind_tcp, TlsConn, TlsListener};
 pub use pem::{server_config, Alpn};
 pub use relay::WsRelay;
 /// The rustls version the configs are built with, for callers that name

@@ -28,7 +28,8 @@ const HANDSHAKES_MAX: usize = 512;
 /// consumer only spawns a task per connection.
 const ACCEPTED_QUEUE: usize = 64;
 
-/// Pending connections the kernel queues before `accept`.
+/// Pending connections the kernel queues before `accept`; absorbs a burst of
+/// clients (re)connecting at once.
 const LISTEN_BACKLOG: u32 = 1024;
 
 /// Pause after an `accept` error (EMFILE and the like) before trying again,
@@ -58,7 +59,7 @@ impl TlsListener {
         connections_max: usize,
     ) -> Result<TlsListener, TlsError> {
         let bind_err = |source| TlsError::Bind { addr, source };
-        let listener = bind(addr).map_err(bind_err)?;
+        let listener = bind_tcp(addr).map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
         let connections_max = connections_max.max(1);
         let connections = Arc::new(Semaphore::new(connections_max));
@@ -128,13 +129,16 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A tokio TCP listener on `addr` with [`LISTEN_BACKLOG`] and
+/// `SO_REUSEADDR`; the plain HTTP listener uses it too.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    // Restarts must not fail on connections in TIME_WAIT.
+    // Restarts must not fail on connections in TIME_WAIT. (Without
+    // SO_REUSEPORT a second live listener on the port is still refused.)
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)

@@ -175,10 +175,10 @@ impl Conn {
     /// Free the capacity of empty queues. Not on every drain: a busy
     /// connection would reallocate on each loop pass.
     pub fn release_idle_capacity(&mut self) {
-        if self.outq.is_empty() && self.outq.capacity() > 0 {
+        if self.outq.is_empty() {
             self.outq = VecDeque::new();
         }
-        if self.unacked.is_empty() && self.unacked.capacity() > 0 {
+        if self.unacked.is_empty() {
             self.unacked = VecDeque::new();
         }
     }

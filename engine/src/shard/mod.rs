@@ -222,12 +222,11 @@ impl Shard {
             );
             (slot, gen)
         };
-        match self.users.borrow_mut().entry(user.clone()) {
-            hashbrown::hash_map::Entry::Occupied(mut e) => e.get_mut().push((slot, gen)),
-            hashbrown::hash_map::Entry::Vacant(e) => {
-                e.insert(slab::UserConns::One((slot, gen)));
-            }
-        }
+        self.users
+            .borrow_mut()
+            .entry(user.clone())
+            .and_modify(|u| u.push((slot, gen)))
+            .or_insert(slab::UserConns::One((slot, gen)));
         self.shared.stats.connections[self.idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.emit(crate::hooks::EngineEvent::UserOnline {
             user: user.clone(),

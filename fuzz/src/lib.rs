@@ -311,3 +311,48 @@ pub fn check_client_frame_limits(f: &tern_proto::ClientFrame) {
         _ => {}
     }
 }
+
+/// What a client-frame decode must give, whatever the input: a frame within
+/// the limits that round-trips through both encodings, or a refusal with a
+/// short, non-empty message.
+pub fn check_client_decode(
+    decoded: &Result<tern_proto::ClientFrame, tern_proto::codec::DecodeError>,
+) {
+    use tern_proto::codec::{decode_client, encode_client};
+    use tern_proto::Subprotocol::{Json, Rkyv};
+    match decoded {
+        Ok(f) => {
+            check_client_frame_limits(f);
+            for sp in [Json, Rkyv] {
+                let bytes = encode_client(sp, f);
+                assert_eq!(
+                    decode_client(sp, &bytes).as_ref(),
+                    Ok(f),
+                    "{sp:?} round trip"
+                );
+            }
+        }
+        Err(e) => {
+            assert!(!e.message().is_empty());
+            assert!(
+                e.message().len() <= ERROR_MESSAGE_BYTES_MAX,
+                "{}",
+                e.message()
+            );
+        }
+    }
+}
+
+/// A decoded server frame round-trips through both encodings.
+pub fn check_server_round_trip(f: &tern_proto::ServerFrame) {
+    use tern_proto::codec::{decode_server, encode_server};
+    use tern_proto::Subprotocol::{Json, Rkyv};
+    for sp in [Json, Rkyv] {
+        let bytes = encode_server(sp, f);
+        assert_eq!(
+            decode_server(sp, &bytes).as_ref(),
+            Ok(f),
+            "{sp:?} round trip"
+        );
+    }
+}

@@ -227,30 +227,16 @@ async fn http_routes_refuse_bad_ids_and_unknown_targets() {
         assert_eq!(st, 400, "{conv}: {v}");
     }
     // Unknown ids are 404 with the contract's codes, nothing created.
-    let (st, v) = s
-        .post_message(json!({"from": "nobody", "to": "user:ha", "kind": "text", "body": "x"}))
-        .await;
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (404, Some("no_such_user")),
-        "{v}"
-    );
-    let (st, v) = s
-        .post_message(json!({"from": "ha", "to": "group:nogroup", "kind": "text", "body": "x"}))
-        .await;
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (404, Some("no_such_group")),
-        "{v}"
-    );
-    let (st, v) = s
-        .post_message(json!({"from": "ha", "to": "user:nobody", "kind": "text", "body": "x"}))
-        .await;
-    assert_eq!(
-        (st, v["error"]["code"].as_str()),
-        (404, Some("no_such_user")),
-        "{v}"
-    );
+    for (from, to, code) in [
+        ("nobody", "user:ha", "no_such_user"),
+        ("ha", "group:nogroup", "no_such_group"),
+        ("ha", "user:nobody", "no_such_user"),
+    ] {
+        let (st, v) = s
+            .post_message(json!({"from": from, "to": to, "kind": "text", "body": "x"}))
+            .await;
+        assert_eq!((st, v["error"]["code"].as_str()), (404, Some(code)), "{v}");
+    }
     assert!(stored(&s, &dm("ha", "nobody")).await.is_empty());
     let (st, _) = s.request("GET", "/v1/groups/nogroup", None).await;
     assert_eq!(st, 404);

@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -55,15 +55,17 @@ async fn read_scratch(
     .await
 }
 
-/// Waits for bytes, the deadline (µs on the run clock) or a phase change.
+/// Waits for bytes (on the executor's readiness set), the deadline (µs on
+/// the run clock) or a phase change.
 async fn wait(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     local: &Local,
     slot: usize,
     seen_phase: u8,
     deadline_us: Option<u64>,
 ) -> Wake {
-    let read = async { Wake::Read(read_scratch(stream, &local.scratch).await) };
+    let fd = stream.as_raw_fd();
+    let read = async { Wake::Read(local.ready.read(fd, slot, &local.scratch).await) };
     let timer = async {
         match deadline_us {
             Some(t) => sleep_until(&local.ctl, t).await,
@@ -674,6 +676,10 @@ async fn run_conn(local: &Local, conn: &mut Conn, idx: usize, slot: usize) -> Re
     use std::sync::atomic::Ordering::AcqRel;
     let ctl = &local.ctl;
     let window = local.plan.window;
+    local
+        .ready
+        .register(conn.stream.as_raw_fd(), slot)
+        .map_err(|_| "epoll")?;
     loop {
         let p = local.phase.get();
         with_cx(local, idx, |cx| {
@@ -700,7 +706,7 @@ async fn run_conn(local: &Local, conn: &mut Conn, idx: usize, slot: usize) -> Re
             }
         });
         if p >= phase::CLOSE {
-            return close(local, conn, idx).await;
+            return close(local, conn, idx, slot).await;
         }
         conn.flush().await?;
         if let Some(why) = conn.failed {
@@ -710,7 +716,7 @@ async fn run_conn(local: &Local, conn: &mut Conn, idx: usize, slot: usize) -> Re
             return Err("server_close");
         }
         let deadline = conn.deadline_us(p, window);
-        match wait(&mut conn.stream, local, slot, p, deadline).await {
+        match wait(&conn.stream, local, slot, p, deadline).await {
             Wake::Read(Ok(0)) => return Err("eof"),
             Wake::Read(Ok(n)) => process_read(local, conn, idx, n),
             Wake::Read(Err(_)) => return Err("io"),
@@ -720,7 +726,7 @@ async fn run_conn(local: &Local, conn: &mut Conn, idx: usize, slot: usize) -> Re
 }
 
 /// Acks what is pending, sends Close and waits a little for the server's.
-async fn close(local: &Local, conn: &mut Conn, idx: usize) -> Result<(), Why> {
+async fn close(local: &Local, conn: &mut Conn, idx: usize, slot: usize) -> Result<(), Why> {
     if !conn.close_sent {
         let mask = conn.rng.mask();
         ws::encode_close(ws::CLOSE_NORMAL, mask, &mut conn.out);
@@ -732,7 +738,8 @@ async fn close(local: &Local, conn: &mut Conn, idx: usize) -> Result<(), Why> {
     }
     let until = local.ctl.now_us() + CLOSE_WAIT_US;
     while conn.server_close.is_none() && conn.failed.is_none() && local.ctl.now_us() < until {
-        let read = async { Some(read_scratch(&mut conn.stream, &local.scratch).await) };
+        let fd = conn.stream.as_raw_fd();
+        let read = async { Some(local.ready.read(fd, slot, &local.scratch).await) };
         let timer = async {
             sleep_until(&local.ctl, until).await;
             None

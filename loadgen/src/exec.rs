@@ -84,7 +84,10 @@ pub struct Local {
     pub scratch: RefCell<Vec<u8>>,
     /// Encoding buffer for protocol frames (same rule).
     pub enc: RefCell<Vec<u8>>,
-    /// Set when every task ended, to stop the phase follower.
+    /// Read readiness of the authenticated connections.
+    pub ready: crate::ready::Readiness,
+    /// Set when every task ended, to stop the phase follower and the
+    /// readiness poller.
     done: Cell<bool>,
 }
 
@@ -92,6 +95,11 @@ impl Local {
     /// This executor's live counters.
     pub fn live(&self) -> &Live {
         &self.ctl.live[self.idx]
+    }
+
+    /// Every task of the executor ended.
+    pub fn is_done(&self) -> bool {
+        self.done.get()
     }
 }
 
@@ -118,9 +126,12 @@ pub async fn executor_main(idx: usize, plan: Arc<Plan>, ctl: Arc<Control>) -> Ex
         stats: RefCell::new(ExecStats::default()),
         scratch: RefCell::new(vec![0u8; SCRATCH_BYTES]),
         enc: RefCell::new(Vec::with_capacity(1024)),
+        ready: crate::ready::Readiness::new(my_conns.len() + my_http.len())
+            .expect("epoll_create1 for the executor's readiness set"),
         done: Cell::new(false),
     });
     let follower = glommio::spawn_local(follow_phase(local.clone()));
+    let poller = glommio::spawn_local(crate::ready::poller(local.clone()));
 
     let mut tasks = Vec::with_capacity(my_conns.len() + my_http.len());
     for (k, &h) in my_http.iter().enumerate() {
@@ -151,6 +162,7 @@ pub async fn executor_main(idx: usize, plan: Arc<Plan>, ctl: Arc<Control>) -> Ex
     }
     local.done.set(true);
     follower.await;
+    poller.await;
     local.stats.replace(ExecStats::default())
 }
 

@@ -38,6 +38,7 @@ pub mod http;
 pub mod httpload;
 pub mod net;
 pub mod plan;
+pub mod ready;
 pub mod run;
 pub mod setup;
 pub mod stats;

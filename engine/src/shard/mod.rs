@@ -938,14 +938,25 @@ pub(crate) fn run(
     };
     let entries = 4096;
     if monoio::utils::detect_uring() {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(entries)
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => return rt.block_on(body),
-            Err(e) => tracing::warn!(shard = idx, "io_uring runtime failed ({e}); using epoll"),
+        // Cooperative task running (Linux 5.19+): a completion caused by
+        // another core (a client's bytes arriving) is picked up at the
+        // shard's next syscall instead of interrupting it with an IPI. The
+        // shard makes syscalls all the time while busy, and a parked shard
+        // is woken as usual. Older kernels refuse the flag: then without it.
+        let mut coop = io_uring::IoUring::builder();
+        coop.setup_coop_taskrun();
+        for (urb, what) in [(coop, "cooperative"), (io_uring::IoUring::builder(), "plain")] {
+            match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(entries)
+                .uring_builder(urb)
+                .enable_timer()
+                .build()
+            {
+                Ok(mut rt) => return rt.block_on(body),
+                Err(e) => tracing::warn!(shard = idx, "{what} io_uring runtime failed ({e})"),
+            }
         }
+        tracing::warn!(shard = idx, "using epoll");
     }
     match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()

@@ -252,7 +252,10 @@ mod tests {
         let r = Readiness::new(1).expect("epoll");
         let (mine, peer) = pair();
         r.register(mine.as_raw_fd(), 0).expect("register");
-        assert!(r.register(mine.as_raw_fd(), 5).is_err(), "slot out of range");
+        assert!(
+            r.register(mine.as_raw_fd(), 5).is_err(),
+            "slot out of range"
+        );
         let scratch = RefCell::new(vec![0u8; 16]);
         let mut fut = Box::pin(r.read(mine.as_raw_fd(), 0, &scratch));
         assert!(block_on(poll_once(fut.as_mut())).is_none());

@@ -945,7 +945,10 @@ pub(crate) fn run(
         // is woken as usual. Older kernels refuse the flag: then without it.
         let mut coop = io_uring::IoUring::builder();
         coop.setup_coop_taskrun();
-        for (urb, what) in [(coop, "cooperative"), (io_uring::IoUring::builder(), "plain")] {
+        for (urb, what) in [
+            (coop, "cooperative"),
+            (io_uring::IoUring::builder(), "plain"),
+        ] {
             match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
                 .with_entries(entries)
                 .uring_builder(urb)

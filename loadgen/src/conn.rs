@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -58,13 +58,12 @@ async fn read_scratch(
 /// Waits for bytes (on the executor's readiness set), the deadline (µs on
 /// the run clock) or a phase change.
 async fn wait(
-    stream: &TcpStream,
+    fd: RawFd,
     local: &Local,
     slot: usize,
     seen_phase: u8,
     deadline_us: Option<u64>,
 ) -> Wake {
-    let fd = stream.as_raw_fd();
     let read = async { Wake::Read(local.ready.read(fd, slot, &local.scratch).await) };
     let timer = async {
         match deadline_us {
@@ -716,7 +715,7 @@ async fn run_conn(local: &Local, conn: &mut Conn, idx: usize, slot: usize) -> Re
             return Err("server_close");
         }
         let deadline = conn.deadline_us(p, window);
-        match wait(&conn.stream, local, slot, p, deadline).await {
+        match wait(conn.stream.as_raw_fd(), local, slot, p, deadline).await {
             Wake::Read(Ok(0)) => return Err("eof"),
             Wake::Read(Ok(n)) => process_read(local, conn, idx, n),
             Wake::Read(Err(_)) => return Err("io"),

@@ -48,6 +48,10 @@ struct Slot {
 pub struct Readiness {
     ep: OwnedFd,
     slots: RefCell<Vec<Slot>>,
+    /// `epoll_wait`'s output and the wakers it finds, kept between polls:
+    /// the poller runs every executor turn.
+    events: RefCell<Vec<libc::epoll_event>>,
+    woken: RefCell<Vec<Waker>>,
     /// Run-clock µs of the last poll that found an event.
     last_event_us: Cell<u64>,
 }
@@ -66,6 +70,8 @@ impl Readiness {
             // SAFETY: `ep` is a fresh fd owned by nobody else.
             ep: unsafe { OwnedFd::from_raw_fd(ep) },
             slots: RefCell::new(slots),
+            events: RefCell::new(vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX]),
+            woken: RefCell::new(Vec::new()),
             last_event_us: Cell::new(0),
         })
     }
@@ -141,32 +147,31 @@ impl Readiness {
     /// Takes the events that are ready now, without blocking, and wakes
     /// their readers. Returns how many there were.
     fn poll_once(&self) -> usize {
-        // SAFETY: epoll_event is plain data; zeroes are a valid value.
-        let mut evs: [libc::epoll_event; EVENTS_MAX] = unsafe { std::mem::zeroed() };
-        // SAFETY: `evs` is valid for EVENTS_MAX entries.
+        let mut evs = self.events.borrow_mut();
+        // SAFETY: `evs` is valid for its length of entries.
         let n = unsafe {
             libc::epoll_wait(
                 self.ep.as_raw_fd(),
                 evs.as_mut_ptr(),
-                EVENTS_MAX as libc::c_int,
+                evs.len() as libc::c_int,
                 0,
             )
         };
         if n <= 0 {
             return 0;
         }
-        let mut slots = self.slots.borrow_mut();
-        let mut woken = Vec::new();
-        for ev in &evs[..n as usize] {
-            if let Some(s) = slots.get_mut(ev.u64 as usize) {
-                s.ready = true;
-                if let Some(w) = s.waker.take() {
-                    woken.push(w);
+        let mut woken = self.woken.borrow_mut();
+        {
+            let mut slots = self.slots.borrow_mut();
+            for ev in &evs[..n as usize] {
+                if let Some(s) = slots.get_mut(ev.u64 as usize) {
+                    s.ready = true;
+                    woken.extend(s.waker.take());
                 }
             }
         }
-        drop(slots);
-        woken.into_iter().for_each(Waker::wake);
+        // Woken tasks run later; the slots are no longer borrowed anyway.
+        woken.drain(..).for_each(Waker::wake);
         n as usize
     }
 }

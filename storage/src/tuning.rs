@@ -172,13 +172,14 @@ pub(crate) fn db_options(
             // lz4 is the only codec compiled in; the default (snappy) is not.
             cf.set_compression_type(DBCompressionType::Lz4);
             cf.set_level_compaction_dynamic_level_bytes(true);
-            cf.set_write_buffer_size(match name {
-                CF_MSGS => MSGS_WRITE_BUFFER_BYTES,
-                CF_DEDUP => DEDUP_WRITE_BUFFER_BYTES,
-                _ => SMALL_WRITE_BUFFER_BYTES,
-            });
-            if name == CF_MSGS || name == CF_DEDUP {
-                cf.set_max_write_buffer_number(HOT_WRITE_BUFFERS_MAX);
+            let (buffer_bytes, buffers_max) = match name {
+                CF_MSGS => (MSGS_WRITE_BUFFER_BYTES, Some(HOT_WRITE_BUFFERS_MAX)),
+                CF_DEDUP => (DEDUP_WRITE_BUFFER_BYTES, Some(HOT_WRITE_BUFFERS_MAX)),
+                _ => (SMALL_WRITE_BUFFER_BYTES, None),
+            };
+            cf.set_write_buffer_size(buffer_bytes);
+            if let Some(n) = buffers_max {
+                cf.set_max_write_buffer_number(n);
             }
             match name {
                 CF_MSGS if retention_ms > 0 => {

@@ -81,6 +81,31 @@ pub(crate) fn split_msg_value(v: &[u8]) -> Option<(u64, &[u8])> {
     Some((ts, &v[MSG_HEADER_LEN..]))
 }
 
+/// The start of `key` up to and including its `n`th separator (the whole
+/// key if it has fewer): the memtable bucket of a key.
+fn key_prefix(key: &[u8], n: usize) -> &[u8] {
+    match key
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == SEP)
+        .nth(n - 1)
+    {
+        Some((i, _)) => &key[..=i],
+        None => key,
+    }
+}
+
+/// `conv 0x00` of a `msgs` key: one conversation's entries.
+pub(crate) fn msg_key_prefix(key: &[u8]) -> &[u8] {
+    key_prefix(key, 1)
+}
+
+/// `conv 0x00 sender 0x00` of a `dedup` key: the rows of one sender in one
+/// conversation.
+pub(crate) fn dedup_key_prefix(key: &[u8]) -> &[u8] {
+    key_prefix(key, 2)
+}
+
 /// `conv 0x00 sender 0x00 cmid`. `None` when the sender contains the
 /// separator, which would make the key ambiguous.
 pub(crate) fn dedup_key(conv: &[u8], sender: &[u8], cmid: &[u8]) -> Option<Vec<u8>> {
@@ -167,6 +192,29 @@ mod tests {
             let v = dedup_value(seq, ts);
             prop_assert_eq!(decode_dedup_value(&v), Some((seq, ts)));
             prop_assert_eq!(read_u64_at(&v, DEDUP_TS_OFFSET), Some(ts));
+        }
+
+        #[test]
+        fn a_scan_range_is_one_memtable_bucket(conv in id(), a: u64, b: u64) {
+            // A history scan seeks to one key of the conversation and stops
+            // at `prefix_end`: every key it may see is in the seek key's
+            // bucket, which prefix-mode iteration relies on.
+            let (seek, other, start) = (msg_key(&conv, a), msg_key(&conv, b), prefix_start(&conv));
+            prop_assert_eq!(msg_key_prefix(&seek), start.as_slice());
+            prop_assert_eq!(msg_key_prefix(&other), msg_key_prefix(&seek));
+        }
+
+        #[test]
+        fn a_senders_dedup_rows_share_a_bucket(
+            conv in id(), sender in id(),
+            c1 in proptest::collection::vec(any::<u8>(), 0..20),
+            c2 in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let k1 = dedup_key(&conv, &sender, &c1).expect("no separator in sender");
+            let k2 = dedup_key(&conv, &sender, &c2).expect("no separator in sender");
+            let want = [&conv[..], &[SEP], &sender[..], &[SEP]].concat();
+            prop_assert_eq!(dedup_key_prefix(&k1), want.as_slice());
+            prop_assert_eq!(dedup_key_prefix(&k2), want.as_slice());
         }
 
         #[test]

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rocksdb::{ColumnFamily, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{ColumnFamily, DBRawIterator, ReadOptions, WriteBatch, WriteOptions, DB};
 use tern_proto::{ConvId, Entry, GroupId, UserId};
 
 pub use error::StorageError;
@@ -463,14 +463,24 @@ impl Storage {
     /// True when no column family holds a key.
     fn is_blank(&self) -> Result<bool, StorageError> {
         for name in tuning::ALL_CFS {
-            let mut it = self.inner.db.raw_iterator_cf(self.cf(name)?);
-            it.seek_to_first();
+            let it = self.scan_from_first(name)?;
             if it.valid() {
                 return Ok(false);
             }
             it.status().map_err(|e| ctx("scan", e))?;
         }
         Ok(true)
+    }
+
+    /// An iterator at the first key of column family `name`, in total key
+    /// order: the hot CFs have prefix extractors (tuning.rs), under which a
+    /// default iterator only knows one prefix's keys.
+    fn scan_from_first(&self, name: &str) -> Result<DBRawIterator<'_>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_total_order_seek(true);
+        let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(name)?, ro);
+        it.seek_to_first();
+        Ok(it)
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StorageError> {
@@ -509,8 +519,7 @@ impl Storage {
         &self,
         mut f: impl FnMut(&[u8], u64) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_CONVS)?);
-        it.seek_to_first();
+        let mut it = self.scan_from_first(CF_CONVS)?;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let seq = keys::decode_u64(v).ok_or_else(|| {
                 StorageError::Corrupt(format!("convs value of {} bytes", v.len()))
@@ -524,8 +533,7 @@ impl Storage {
     /// Every user whose tokens were revoked, with the revocation time (ms).
     pub fn revoked_users(&self) -> Result<Vec<(UserId, u64)>, StorageError> {
         let mut out = Vec::new();
-        let mut it = self.inner.db.raw_iterator_cf(self.cf(CF_TOKENS_REVOKED)?);
-        it.seek_to_first();
+        let mut it = self.scan_from_first(CF_TOKENS_REVOKED)?;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let at = keys::decode_u64(v).ok_or_else(|| {
                 StorageError::Corrupt(format!("tokens_revoked value of {} bytes", v.len()))

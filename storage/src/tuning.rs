@@ -77,15 +77,13 @@ const MSGS_WRITE_BUFFER_BYTES: usize = 64 << 20;
 const DEDUP_WRITE_BUFFER_BYTES: usize = 32 << 20;
 /// Memtable size of every other CF: they hold small rows.
 const SMALL_WRITE_BUFFER_BYTES: usize = 8 << 20;
-/// Memtables a write-heavy CF (`msgs`, `dedup`) may hold, the active one
+/// Memtables a write-heavy CF (`msgs`, `dedup`, `convs`) may hold, the active one
 /// included, before writes stop for a flush. RocksDB's default of 2 left no
 /// slack: with the shard's core busy, the low-priority flush of one full
 /// memtable did not finish before the next one filled, and every write
 /// stopped for 100-350 ms every 2 s (measured at 44 k paced dm sends/s, LOG
 /// "Stopping writes because we have 2 immutable memtables").
 const HOT_WRITE_BUFFERS_MAX: i32 = 4;
-/// A key's memtable bucket (its prefix), as RocksDB's prefix extractor.
-type KeyPrefixFn = fn(&[u8]) -> &[u8];
 /// Hash buckets of a hot CF's memtable (8 bytes each, per memtable). With
 /// one skiplist over the whole memtable, each insert walked it from the top
 /// and missed the cache at every node: at 20 k paced dm sends/s the insert
@@ -189,24 +187,37 @@ pub(crate) fn db_options(
             // lz4 is the only codec compiled in; the default (snappy) is not.
             cf.set_compression_type(DBCompressionType::Lz4);
             cf.set_level_compaction_dynamic_level_bytes(true);
-            // The hot CFs: more memtables, and memtables hashed by key
+            // The write-hot CFs: more memtables, and memtables hashed by key
             // prefix (a conversation in `msgs`, a sender in a conversation
-            // in `dedup`), each bucket its own short skiplist.
-            let (buffer_bytes, hot_prefix): (_, Option<(&CStr, KeyPrefixFn)>) = match name {
+            // in `dedup`, the whole key in `convs`, rewritten per batch),
+            // each bucket its own short skiplist.
+            let (buffer_bytes, hot_prefix) = match name {
                 CF_MSGS => (
                     MSGS_WRITE_BUFFER_BYTES,
-                    Some((c"tern-msgs-conv", keys::msg_key_prefix)),
+                    Some(SliceTransform::create(
+                        "tern-msgs-conv",
+                        keys::msg_key_prefix,
+                        None,
+                    )),
                 ),
                 CF_DEDUP => (
                     DEDUP_WRITE_BUFFER_BYTES,
-                    Some((c"tern-dedup-sender", keys::dedup_key_prefix)),
+                    Some(SliceTransform::create(
+                        "tern-dedup-sender",
+                        keys::dedup_key_prefix,
+                        None,
+                    )),
+                ),
+                CF_CONVS => (
+                    SMALL_WRITE_BUFFER_BYTES,
+                    Some(SliceTransform::create_noop()),
                 ),
                 _ => (SMALL_WRITE_BUFFER_BYTES, None),
             };
             cf.set_write_buffer_size(buffer_bytes);
-            if let Some((prefix_name, prefix)) = hot_prefix {
+            if let Some(prefix) = hot_prefix {
                 cf.set_max_write_buffer_number(HOT_WRITE_BUFFERS_MAX);
-                cf.set_prefix_extractor(SliceTransform::create(prefix_name, prefix, None));
+                cf.set_prefix_extractor(prefix);
                 cf.set_memtable_factory(MemtableFactory::HashSkipList {
                     bucket_count: HOT_MEMTABLE_BUCKETS,
                     height: HOT_MEMTABLE_SKIPLIST_HEIGHT,

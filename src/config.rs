@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// fsync: WAL synced before every ack; os: written, not synced; none: no WAL [default: fsync].
     #[arg(long, value_name = "MODE")]
     pub durability: Option<String>,
+    /// With fsync: least µs between the starts of two WAL syncs; under load a commit waits so more messages share one sync [default: 1000].
+    #[arg(long, value_name = "US")]
+    pub sync_interval_us: Option<u64>,
     /// Largest client frame in bytes; larger closes with 1009 [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -99,6 +102,7 @@ struct FileConfig {
     api_key: Option<String>,
     shards: Option<usize>,
     durability: Option<String>,
+    sync_interval_us: Option<u64>,
     max_frame_bytes: Option<usize>,
     heartbeat_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
@@ -173,6 +177,7 @@ pub struct Settings {
     pub api_key: Option<String>,
     pub shards: usize,
     pub durability: Durability,
+    pub sync_interval_us: u64,
     pub max_frame_bytes: usize,
     pub heartbeat_ms: u64,
     pub ack_timeout_ms: u64,
@@ -196,6 +201,9 @@ pub struct Settings {
 const FRAME_BYTES_MIN: usize = 1024;
 const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
 const SHARDS_MAX: usize = 1024;
+/// Default `--sync-interval-us`: measured in docs/BENCHMARKS.md
+/// ("Group commit interval").
+const SYNC_INTERVAL_US_DEFAULT: u64 = 1000;
 
 /// Merge the TLS flags over `[tls]`. Half a configuration (a listener
 /// without cert and key, or cert and key without a listener) is an error
@@ -280,6 +288,10 @@ impl Settings {
                     .or(f.durability.as_deref())
                     .unwrap_or("fsync"),
             )?,
+            sync_interval_us: a
+                .sync_interval_us
+                .or(f.sync_interval_us)
+                .unwrap_or(SYNC_INTERVAL_US_DEFAULT),
             max_frame_bytes: a.max_frame_bytes.or(f.max_frame_bytes).unwrap_or(64 * 1024),
             heartbeat_ms: a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(30_000),
             ack_timeout_ms: a.ack_timeout_ms.or(f.ack_timeout_ms).unwrap_or(10_000),
@@ -332,6 +344,10 @@ impl Settings {
         }
         if !(FRAME_BYTES_MIN..=FRAME_BYTES_MAX).contains(&s.max_frame_bytes) {
             bail!("max_frame_bytes must be {FRAME_BYTES_MIN}..={FRAME_BYTES_MAX}");
+        }
+        let sync_max = tern_storage::SYNC_INTERVAL_MAX.as_micros();
+        if u128::from(s.sync_interval_us) > sync_max {
+            bail!("sync_interval_us must be 0..={sync_max}");
         }
         if s.send_rate_per_s == 0 || s.send_burst == 0 {
             bail!("send_rate_per_s and send_burst must be at least 1");

@@ -109,6 +109,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         durability: cfg.durability,
         dedup_window_ms: cfg.dedup_window_s * 1000,
         retention_ms: cfg.retention_days * 24 * 3600 * 1000,
+        sync_interval: std::time::Duration::from_micros(cfg.sync_interval_us),
     })
     .with_context(|| {
         format!(

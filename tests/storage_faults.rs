@@ -279,13 +279,14 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
 
 /// Runs `tern serve` on `data` until it exits (bounded); returns its exit
 /// code and stderr.
-fn start_fails(data: &Path) -> (Option<i32>, String) {
+fn start_fails(data: &Path, extra: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .arg("serve")
         .arg("--data-dir")
         .arg(data)
         .args(["--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--api-key", API_KEY, "--shards", "1"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -410,7 +411,7 @@ async fn a_corrupt_or_missing_database_is_a_clear_error_never_a_new_one() {
         } else {
             Vec::new()
         };
-        let (code, err) = start_fails(&d);
+        let (code, err) = start_fails(&d, &[]);
         assert!(code.is_some_and(|c| c != 0), "{what}: exit {code:?}\n{err}");
         let lower = err.to_lowercase();
         for w in words {
@@ -437,4 +438,14 @@ async fn a_corrupt_or_missing_database_is_a_clear_error_never_a_new_one() {
     s.restart().await;
     let h = s.history_all("dm:alice:bob").await;
     assert_eq!(h.len(), 20);
+}
+
+#[test]
+fn a_sync_interval_above_its_limit_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let (code, err) = start_fails(&data, &["--sync-interval-us", "100001"]);
+    assert_ne!(code, Some(0), "started with a bad sync interval: {err}");
+    assert!(err.contains("sync_interval_us must be 0..=100000"), "{err}");
+    assert!(!data.join("db").exists(), "a database was created: {err}");
 }

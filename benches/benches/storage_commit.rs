@@ -89,6 +89,7 @@ impl Db {
             durability,
             dedup_window_ms: 86_400_000,
             retention_ms: 0,
+            sync_interval: std::time::Duration::ZERO,
         })
         .expect("open storage");
         let sink = Arc::new(CountingSink::default());

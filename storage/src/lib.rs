@@ -107,7 +107,18 @@ pub struct StorageOptions {
     pub dedup_window_ms: u64,
     /// How long timeline entries are kept; 0 keeps them forever.
     pub retention_ms: u64,
+    /// With [`Durability::Fsync`], the least time from the start of one
+    /// batch's commit to the start of the next: under load the writer
+    /// holds a new batch back until then, so more requests share one WAL
+    /// sync. A request arriving after a quiet spell is never held. Zero
+    /// commits as soon as the previous commit ended. At most
+    /// [`SYNC_INTERVAL_MAX`].
+    pub sync_interval: std::time::Duration,
 }
+
+/// Largest [`StorageOptions::sync_interval`]: it adds up to this much to
+/// every acknowledgement under load.
+pub const SYNC_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A user's view of one conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +307,8 @@ impl Default for StatsCounters {
 struct Inner {
     db: DB,
     durability: Durability,
+    /// [`StorageOptions::sync_interval`]; zero unless syncing.
+    sync_interval: std::time::Duration,
     dedup_window_ms: u64,
     stats: StatsCounters,
     /// Set by the first `start_writer`: two writers would each believe they
@@ -384,6 +397,12 @@ impl Storage {
     /// directory with files but no valid DB, or a corrupt DB, is an error
     /// with a clear message (never a silent new DB).
     pub fn open(opts: StorageOptions) -> Result<Storage, StorageError> {
+        if opts.sync_interval > SYNC_INTERVAL_MAX {
+            return Err(StorageError::Invalid(format!(
+                "sync interval {:?} is above {SYNC_INTERVAL_MAX:?}",
+                opts.sync_interval
+            )));
+        }
         let path = &opts.path;
         let state = inspect_dir(path)?;
         let create = matches!(state, DirState::Fresh);
@@ -403,6 +422,10 @@ impl Storage {
             inner: Arc::new(Inner {
                 db,
                 durability: opts.durability,
+                sync_interval: match opts.durability {
+                    Durability::Fsync => opts.sync_interval,
+                    Durability::Os | Durability::None => std::time::Duration::ZERO,
+                },
                 dedup_window_ms: opts.dedup_window_ms,
                 stats: StatsCounters::default(),
                 writer_started: AtomicBool::new(false),

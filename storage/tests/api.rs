@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use common::*;
 use tern_storage::{
@@ -625,4 +626,49 @@ fn a_second_writer_is_a_bug() {
 
 fn none_conv() -> tern_proto::ConvId {
     conv("group:none")
+}
+
+#[test]
+fn sync_interval_groups_a_burst_but_never_holds_a_lone_request() {
+    const INTERVAL: Duration = tern_storage::SYNC_INTERVAL_MAX;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut opts = options(&dir.path().join("db"), Durability::Fsync);
+    opts.sync_interval = INTERVAL;
+    let s = Storage::open(opts).expect("open");
+    let (w, sink) = writer(&s);
+    let c = conv("group:g");
+    let ts = FRESH_TS;
+
+    // After a quiet spell (here: the first request ever) nothing waits.
+    let t0 = Instant::now();
+    w.submit(req(0, 1, append(&c, 1, ts))).expect("submit");
+    wait_results(&sink, 1);
+    assert!(t0.elapsed() < INTERVAL, "a lone request was held back");
+
+    // Requests sent one by one right after a commit wait for the interval
+    // and then share one commit.
+    let t1 = Instant::now();
+    for seq in 2..=11 {
+        w.submit(req(0, seq, append(&c, seq, ts))).expect("submit");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_results(&sink, 11);
+    let st = s.stats();
+    assert_eq!(st.batches, 2, "the burst was not one batch: {st:?}");
+    assert!(t1.elapsed() >= INTERVAL / 2, "no hold-back");
+    for seq in 1..=11 {
+        assert_eq!(sink.result_of(seq), Ok(()));
+    }
+    w.shutdown();
+}
+
+#[test]
+fn a_sync_interval_above_the_limit_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut opts = options(&dir.path().join("db"), Durability::Fsync);
+    opts.sync_interval = tern_storage::SYNC_INTERVAL_MAX + Duration::from_micros(1);
+    match Storage::open(opts) {
+        Err(StorageError::Invalid(m)) => assert!(m.contains("sync interval"), "{m}"),
+        other => panic!("expected Invalid, got {:?}", other.map(|_| ())),
+    }
 }

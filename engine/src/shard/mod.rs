@@ -400,13 +400,22 @@ impl Shard {
         }
         // Bounded: each round removes >= 1 byte or stops.
         while !c.outq.is_empty() {
-            let mut iov: [IoSlice<'_>; WRITEV_IOVECS_MAX] = [IoSlice::new(&[]); WRITEV_IOVECS_MAX];
-            let mut n_iov = 0;
-            for (i, f) in c.outq.iter().take(WRITEV_IOVECS_MAX).enumerate() {
-                iov[i] = IoSlice::new(if i == 0 { &f[c.out_head_off..] } else { &f[..] });
-                n_iov += 1;
-            }
-            match sockio::sendv_nb(c.fd(), &iov[..n_iov]) {
+            let head = &c.outq[0][c.out_head_off..];
+            let sent = if c.outq.len() == 1 {
+                // The common case (one frame, e.g. a fan-out delivery):
+                // no 64-slot vector to fill.
+                sockio::sendv_nb(c.fd(), &[IoSlice::new(head)])
+            } else {
+                let mut iov = [IoSlice::new(&[]); WRITEV_IOVECS_MAX];
+                iov[0] = IoSlice::new(head);
+                let mut n_iov = 1;
+                for f in c.outq.iter().skip(1).take(WRITEV_IOVECS_MAX - 1) {
+                    iov[n_iov] = IoSlice::new(f);
+                    n_iov += 1;
+                }
+                sockio::sendv_nb(c.fd(), &iov[..n_iov])
+            };
+            match sent {
                 Ok(mut n) => {
                     c.out_bytes -= n;
                     while n > 0 {

@@ -25,6 +25,7 @@ pub fn options(path: &Path, durability: Durability) -> StorageOptions {
         durability,
         dedup_window_ms: DEDUP_WINDOW_MS,
         retention_ms: RETENTION_MS,
+        sync_interval: std::time::Duration::ZERO,
     }
 }
 

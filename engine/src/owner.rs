@@ -222,7 +222,7 @@ fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError
             let frame = match res {
                 Ok(ok) => ServerFrame::SendAck {
                     cmid: cmid.to_owned(),
-                    conv: ok.conv.to_string(),
+                    conv: ok.conv.to_text(),
                     seq: ok.seq,
                     ts: ok.ts,
                 },
@@ -457,7 +457,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         Err(e) => return reply(shard, job.reply, &job.cmid, Err(e)),
     };
     let msg = Msg {
-        conv: job.conv.to_string(),
+        conv: job.conv.to_text(),
         seq,
         from: job.from.as_str().to_owned(),
         device: job.device,
@@ -657,7 +657,7 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                     }
                 }
             }
-            let conv_str: Arc<str> = p.conv.to_string().into();
+            let conv_str: Arc<str> = p.conv.to_text().into();
             let track = Some((conv_str, p.seq));
             let n_recipients = match p.recipients {
                 Recipients::Users(users) => {
@@ -757,7 +757,7 @@ pub(crate) fn on_group_access(
         }
         GroupAccess::Read { seq } => {
             let frame = Arc::new(Encoded::new(ServerFrame::Receipt {
-                conv: conv.to_string(),
+                conv: conv.to_text(),
                 user: user.as_str().to_owned(),
                 read_seq: seq,
             }));
@@ -783,7 +783,7 @@ pub(crate) fn on_group_access(
         }
         GroupAccess::Typing => {
             let f = Arc::new(Encoded::new(ServerFrame::Typing {
-                conv: conv.to_string(),
+                conv: conv.to_text(),
                 user: user.as_str().to_owned(),
             }));
             shard.push_parts(&parts, Some(conn), Some(user), f, None, false);
@@ -1002,7 +1002,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
             )
         };
         let ev = Event {
-            conv: conv.to_string(),
+            conv: conv.to_text(),
             seq,
             code: plan.code,
             data: plan.data.clone(),

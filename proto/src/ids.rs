@@ -223,6 +223,29 @@ impl ConvId {
         ConvId::Group(g.clone())
     }
 
+    /// The [`Display`](fmt::Display) text in one allocation of its exact
+    /// size: the send path needs it several times per message, and
+    /// `to_string` grows its buffer two or three times on the way.
+    pub fn to_text(&self) -> String {
+        let mut s;
+        match self {
+            ConvId::Dm { a, b } => {
+                s = String::with_capacity(4 + a.as_str().len() + b.as_str().len());
+                s.push_str("dm:");
+                s.push_str(a.as_str());
+                s.push(':');
+                s.push_str(b.as_str());
+            }
+            ConvId::Group(g) => {
+                s = String::with_capacity(6 + g.as_str().len());
+                s.push_str("group:");
+                s.push_str(g.as_str());
+            }
+        }
+        debug_assert_eq!(s.len(), s.capacity(), "to_text capacity");
+        s
+    }
+
     /// Parses `dm:<a>:<b>` (with `a <= b`) or `group:<g>`.
     pub fn parse(s: &str) -> Result<ConvId, IdError> {
         if let Some(pair) = s.strip_prefix("dm:") {
@@ -277,8 +300,16 @@ impl ConvId {
 impl fmt::Display for ConvId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConvId::Dm { a, b } => write!(f, "dm:{a}:{b}"),
-            ConvId::Group(g) => write!(f, "group:{g}"),
+            ConvId::Dm { a, b } => {
+                f.write_str("dm:")?;
+                f.write_str(a.as_str())?;
+                f.write_str(":")?;
+                f.write_str(b.as_str())
+            }
+            ConvId::Group(g) => {
+                f.write_str("group:")?;
+                f.write_str(g.as_str())
+            }
         }
     }
 }
@@ -465,6 +496,8 @@ mod tests {
         ] {
             let c = ConvId::parse(s).unwrap();
             assert_eq!(c.to_string(), s);
+            assert_eq!(c.to_text(), s);
+            assert_eq!(c.to_text().capacity(), s.len());
             assert_eq!(ConvId::parse(&c.to_string()).unwrap(), c);
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{s}\""));

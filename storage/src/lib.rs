@@ -618,7 +618,7 @@ impl Storage {
             return Ok(false);
         };
         let limit = limit.min(READ_LIMIT_MAX);
-        let conv_key = conv.to_string();
+        let conv_key = conv.to_text();
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(keys::prefix_end(conv_key.as_bytes()));
         let mut it = self.inner.db.raw_iterator_cf_opt(self.cf(CF_MSGS)?, ro);
@@ -649,7 +649,7 @@ impl Storage {
         cmid: &str,
         now_ms: u64,
     ) -> Result<Option<(u64, u64)>, StorageError> {
-        let conv_key = conv.to_string();
+        let conv_key = conv.to_text();
         let Some(key) = keys::dedup_key(conv_key.as_bytes(), sender.as_bytes(), cmid.as_bytes())
         else {
             // Such a sender can never have been recorded.
@@ -702,7 +702,7 @@ impl Storage {
 
     /// `user`'s view of `conv`; zeros for a conversation never written.
     pub fn conv_state(&self, user: &UserId, conv: &ConvId) -> Result<ConvState, StorageError> {
-        self.state_of(user.as_str().as_bytes(), conv.to_string().as_bytes())
+        self.state_of(user.as_str().as_bytes(), conv.to_text().as_bytes())
     }
 
     fn state_of(&self, user: &[u8], conv: &[u8]) -> Result<ConvState, StorageError> {
@@ -841,7 +841,7 @@ impl Storage {
     pub fn user_convs_all(&self, user: &UserId) -> Result<Vec<ConvState>, StorageError> {
         let mut all = self.user_dm_convs(user)?;
         all.extend(self.user_groups(user)?);
-        all.sort_by_cached_key(|c| c.conv.to_string());
+        all.sort_by_cached_key(|c| c.conv.to_text());
         Ok(all)
     }
 

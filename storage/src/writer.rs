@@ -602,7 +602,7 @@ impl Writer {
         if seq == 0 {
             return Err(StorageError::Invalid(format!("{conv}: entry seq 0")));
         }
-        let conv_str = conv.to_string();
+        let conv_str = conv.to_text();
         if entry.conv() != conv_str {
             return Err(StorageError::Invalid(format!(
                 "entry of {} appended to {conv_str}",
@@ -618,7 +618,7 @@ impl Writer {
         let expected = committed.saturating_add(1);
         if seq != expected || committed == u64::MAX {
             return Err(StorageError::SeqGap {
-                conv: conv.to_string(),
+                conv: conv.to_text(),
                 expected,
                 got: seq,
             });
@@ -639,7 +639,7 @@ impl Writer {
         seq: u64,
     ) -> Result<(), StorageError> {
         let user_key = user.as_str().as_bytes();
-        let conv_key = conv.to_string().into_bytes();
+        let conv_key = conv.to_text().into_bytes();
         let head = match batch.heads.get(&conv_key) {
             Some(p) => p.seq,
             None => self.heads.get(&conv_key).copied().unwrap_or(0),

@@ -129,7 +129,7 @@ pub(super) fn on_frame(
             let allowed = match shard.conns.borrow_mut().get_mut(slot, gen) {
                 Some(c) => {
                     let now = now_ms();
-                    c.touch_group(&conv.to_string(), now);
+                    c.touch_group(&conv.to_text(), now);
                     c.take_send_token(now, cfg.send_rate_per_s, cfg.send_burst)
                 }
                 None => return,
@@ -173,7 +173,7 @@ pub(super) fn on_frame(
                 return to_group_owner(shard, conv, user, me, GroupAccess::Read { seq });
             }
             let receipt = ServerFrame::Receipt {
-                conv: conv.to_string(),
+                conv: conv.to_text(),
                 user: user.as_str().to_owned(),
                 read_seq: seq,
             };
@@ -206,7 +206,7 @@ pub(super) fn on_frame(
             if let Some(peer) = conv.dm_peer(&user) {
                 if peer != &user {
                     let f = ServerFrame::Typing {
-                        conv: conv.to_string(),
+                        conv: conv.to_text(),
                         user: user.as_str().to_owned(),
                     };
                     shard.push_users(vec![peer.clone()], None, Arc::new(Encoded::new(f)), None);
@@ -232,7 +232,7 @@ pub(super) fn on_frame(
                     convs: list
                         .into_iter()
                         .map(|s| ConvSummary {
-                            conv: s.conv.to_string(),
+                            conv: s.conv.to_text(),
                             max_seq: s.max_seq,
                             read_seq: s.read_seq.min(s.max_seq),
                             unread: s.max_seq.saturating_sub(s.read_seq),
@@ -263,7 +263,7 @@ fn to_group_owner(shard: &Shard, conv: ConvId, user: UserId, conn: ConnRef, what
 /// Note this device's activity in a group (for large-group `notice`s).
 fn touch(shard: &Shard, slot: u32, gen: u32, conv: &ConvId) {
     if let Some(c) = shard.conns.borrow_mut().get_mut(slot, gen) {
-        c.touch_group(&conv.to_string(), now_ms());
+        c.touch_group(&conv.to_text(), now_ms());
     }
 }
 
@@ -288,7 +288,7 @@ pub(crate) fn sync_job(shard: &Shard, conn: ConnRef, conv: ConvId, after: u64, l
                     has_more = true;
                 }
                 ServerFrame::SyncResult {
-                    conv: conv.to_string(),
+                    conv: conv.to_text(),
                     messages,
                     has_more,
                 }

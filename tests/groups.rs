@@ -924,3 +924,48 @@ async fn sends_over_the_burst_are_rate_limited_and_store_nothing() {
         "rate_limited counter: {m}"
     );
 }
+
+/// Members of the group whose fan-out goes through a cached push plan
+/// (engine/src/shard/mod.rs `push_plan`: pushes to 64 or more users; on two
+/// shards each home shard holds about half of them).
+const PLAN_USERS: usize = 160;
+
+/// A cached push plan is only good until a member's connections change: a
+/// device that connects, and one that reconnects, get the next message
+/// live, and a device gone gets nothing.
+#[tokio::test]
+async fn fan_out_follows_members_connecting_and_leaving_between_messages() {
+    let s = Server::start(&[]).await;
+    let users: Vec<String> = (0..PLAN_USERS).map(|i| format!("pl{i:03}")).collect();
+    let ids: Vec<&str> = users.iter().map(String::as_str).collect();
+    s.put_users(&ids).await;
+    let conv = group_conv("plan");
+    let mut sender = s.login(Subprotocol::Json, "pl000", "phone").await;
+    let mut first = s.login(Subprotocol::Rkyv, "pl001", "phone").await;
+    s.put_group("plan", None, &ids).await;
+    assert_eq!(seq_of(&next_entry(&mut first, &conv).await), 1);
+
+    let send = |n: u32| json!({ "type": "send", "cmid": format!("p{n}"), "to": conv, "kind": "text", "body": format!("m{n}") });
+    sender.send(&send(1)).await;
+    assert_eq!(seq_of(&next_entry(&mut first, &conv).await), 2);
+
+    // A member comes online after the plan was made: the next message
+    // reaches it live (it never asked for a sync).
+    let mut late = s.login(Subprotocol::Json, "pl002", "tablet").await;
+    sender.send(&send(2)).await;
+    assert_eq!(seq_of(&next_entry(&mut late, &conv).await), 3);
+    assert_eq!(seq_of(&next_entry(&mut first, &conv).await), 3);
+
+    // A member's only device leaves and comes back as another device.
+    drop(first);
+    let mut back = s.login(Subprotocol::Json, "pl001", "laptop").await;
+    sender.send(&send(3)).await;
+    assert_eq!(seq_of(&next_entry(&mut back, &conv).await), 4);
+    assert_eq!(seq_of(&next_entry(&mut late, &conv).await), 4);
+    let ack = sender
+        .expect_where(REPLY, "send_ack p3", |v| {
+            v["type"] == "send_ack" && v["cmid"] == "p3"
+        })
+        .await;
+    assert_eq!(ack["seq"], 4, "{ack}");
+}

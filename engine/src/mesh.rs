@@ -89,11 +89,19 @@ pub struct Push {
     /// A user none of whose devices get it (the typer, for `typing`).
     pub skip_user: Option<UserId>,
     pub frame: Arc<Encoded>,
-    /// (conv, seq) when the frame is a timeline entry that must be acked.
-    pub track: Option<(Arc<str>, u64)>,
+    /// Set when the frame is a timeline entry that must be acked.
+    pub track: Option<Arc<Tracked>>,
     /// Set for groups above the large-group threshold: devices not active in
     /// the group get a coalesced `notice` with this max seq instead.
     pub large: bool,
+}
+
+/// A timeline entry pushed for acking: one per message, shared by the
+/// unacked record of every connection it reaches (one pointer each).
+pub struct Tracked {
+    pub conv: Arc<str>,
+    pub seq: u64,
+    pub frame: Arc<Encoded>,
 }
 
 /// A group read/write that needs the owner's member list.

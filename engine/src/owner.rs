@@ -23,7 +23,7 @@ use crate::handle::{EngineError, GroupRecord, SendOk};
 use crate::hooks::{BeforeSendRequest, EngineEvent, Verdict};
 use crate::mesh::{
     home_shard, owner_shard, ConnRef, GroupAccess, GroupOp, GroupOpReply, ReplyTo, SendJob,
-    ShardMsg,
+    ShardMsg, Tracked,
 };
 use crate::shard::Shard;
 use crate::shared::{now_ms, Shared, SYSTEM_USER};
@@ -54,6 +54,8 @@ enum Recipients {
         parts: Arc<Vec<Arc<[UserId]>>>,
         n: usize,
         large: bool,
+        /// The group conversation's shared text.
+        text: Arc<str>,
     },
 }
 
@@ -92,6 +94,9 @@ struct GroupState {
     members: HashSet<UserId>,
     /// `members` partitioned by home shard; rebuilt after a change.
     parts: Option<Arc<Vec<Arc<[UserId]>>>>,
+    /// The conversation's text, built once and shared by every push: a
+    /// device's activity record adopts it, so later pushes compare pointers.
+    text: Option<Arc<str>>,
 }
 
 impl GroupState {
@@ -106,6 +111,12 @@ impl GroupState {
         let p: Arc<Vec<Arc<[UserId]>>> = Arc::new(by_home.into_iter().map(Into::into).collect());
         self.parts = Some(p.clone());
         p
+    }
+
+    fn text(&mut self, group: &GroupId) -> Arc<str> {
+        self.text
+            .get_or_insert_with(|| ConvId::Group(group.clone()).to_text().into())
+            .clone()
     }
 
     fn record(&self, group: &GroupId) -> GroupRecord {
@@ -333,6 +344,7 @@ fn load_group<'a>(
                     created_ts: row.created_ts,
                     members: members.into_iter().collect(),
                     parts: None,
+                    text: None,
                 })
             }
         };
@@ -419,6 +431,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                         parts: st.parts(n),
                         n: st.members.len(),
                         large,
+                        text: st.text(g),
                     }
                 }
             }
@@ -657,15 +670,28 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                     }
                 }
             }
-            let conv_str: Arc<str> = p.conv.to_text().into();
-            let track = Some((conv_str, p.seq));
             let n_recipients = match p.recipients {
                 Recipients::Users(users) => {
                     let n = users.len();
+                    let track = Some(Arc::new(Tracked {
+                        conv: p.conv.to_text().into(),
+                        seq: p.seq,
+                        frame: p.frame.clone(),
+                    }));
                     shard.push_users(users, p.except, p.frame, track);
                     n
                 }
-                Recipients::Parts { parts, n, large } => {
+                Recipients::Parts {
+                    parts,
+                    n,
+                    large,
+                    text,
+                } => {
+                    let track = Some(Arc::new(Tracked {
+                        conv: text,
+                        seq: p.seq,
+                        frame: p.frame.clone(),
+                    }));
                     shard.push_parts(&parts, p.except, None, p.frame, track, large);
                     n
                 }
@@ -839,6 +865,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                         created_ts: now,
                         members: HashSet::new(),
                         parts: None,
+                        text: None,
                     }),
                 );
                 plans.push(EventPlan {
@@ -982,6 +1009,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                 after
             };
             let record = st.record(&group);
+            let text = st.text(&group);
             let row = GroupRow {
                 group: group.clone(),
                 name: st.name.clone(),
@@ -996,6 +1024,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                     parts,
                     n: count,
                     large: count > threshold,
+                    text,
                 },
                 row,
                 record,

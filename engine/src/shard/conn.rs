@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use tern_proto::{DeviceId, Subprotocol, UserId};
 
+use super::activity::GroupActivity;
+use crate::mesh::Tracked;
 use crate::ws::codec::Assembler;
 
 /// What a connection keeps between reads while a message arrives in pieces.
@@ -41,9 +43,8 @@ impl Rx {
 
 /// A pushed timeline entry not yet covered by an `ack`.
 pub struct Unacked {
-    pub conv: Arc<str>,
-    pub seq: u64,
-    pub frame: Arc<[u8]>,
+    /// The entry, shared with every other connection it was pushed to.
+    pub entry: Arc<Tracked>,
     pub sent_ms: u64,
     /// Pushes after the first.
     pub tries: u8,
@@ -58,26 +59,6 @@ pub enum Closing {
     CloseSent,
 }
 
-/// How long a device counts as active in a group after its last `send`,
-/// `read`, `sync` or `ack` there (PROTOCOL.md: 5 minutes).
-pub const ACTIVE_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// Groups remembered per connection for activity and notice coalescing; the
-/// least recently used is forgotten beyond this.
-pub const GROUPS_TRACKED_MAX: usize = 32;
-/// At most one `notice` per group per connection per this interval.
-pub const NOTICE_INTERVAL_MS: u64 = 1000;
-
-/// A large group this connection touched or got notices for.
-pub struct GroupTrack {
-    pub conv: Arc<str>,
-    /// Last `send`/`read`/`sync`/`ack` here (0: never).
-    pub active_ms: u64,
-    /// Last notice sent (0: never).
-    pub notice_ms: u64,
-    /// A newer max seq waiting for the next notice slot.
-    pub notice_pending: Option<u64>,
-}
-
 pub struct Conn {
     pub gen: u32,
     /// The socket; closed when the `Conn` drops (after the poller let go).
@@ -90,8 +71,8 @@ pub struct Conn {
     /// Send rate limit: tokens left and when they were last refilled.
     pub send_tokens: u32,
     pub send_refill_ms: u64,
-    /// Large groups, for `notice` decisions (bounded: GROUPS_TRACKED_MAX).
-    pub groups: Vec<GroupTrack>,
+    /// Large groups, for `notice` decisions (bounded).
+    pub groups: GroupActivity,
     /// Read state between reads, only while a frame or a fragmented message
     /// is arriving in pieces (an idle connection holds no read memory).
     pub rx: Option<Box<Rx>>,
@@ -119,42 +100,21 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
-    /// The tracking record of `conv`, created (evicting the least recently
-    /// used beyond the bound) if missing.
-    pub fn group_track(&mut self, conv: &str) -> &mut GroupTrack {
-        if let Some(i) = self.groups.iter().position(|g| &*g.conv == conv) {
-            return &mut self.groups[i];
-        }
-        if self.groups.len() >= GROUPS_TRACKED_MAX {
-            let oldest = (0..self.groups.len())
-                .min_by_key(|&i| self.groups[i].active_ms.max(self.groups[i].notice_ms))
-                .unwrap_or(0);
-            self.groups.swap_remove(oldest);
-        }
-        self.groups.push(GroupTrack {
-            conv: conv.into(),
-            active_ms: 0,
-            notice_ms: 0,
-            notice_pending: None,
-        });
-        let last = self.groups.len() - 1;
-        &mut self.groups[last]
-    }
-
     /// Note activity of this device in a group conversation.
     pub fn touch_group(&mut self, conv: &str, now: u64) {
-        if conv.starts_with("group:") {
-            self.group_track(conv).active_ms = now;
-        }
+        self.groups.touch(conv, now);
     }
 
-    /// Active in `conv` within the window?
-    pub fn is_active(&self, conv: &str, now: u64) -> bool {
-        self.groups.iter().any(|g| {
-            &*g.conv == conv
-                && g.active_ms != 0
-                && now.saturating_sub(g.active_ms) < ACTIVE_WINDOW_MS
-        })
+    /// Queue a complete frame for the socket, unless the connection is
+    /// closing. `Some(newly_dirty)` when queued: true if the connection was
+    /// not yet waiting for a flush.
+    pub fn queue(&mut self, bytes: Arc<[u8]>) -> Option<bool> {
+        if self.closing != Closing::Open {
+            return None;
+        }
+        self.out_bytes += bytes.len();
+        self.outq.push_back(bytes);
+        Some(!std::mem::replace(&mut self.dirty, true))
     }
 
     /// Take one send token (refilled at `rate_per_s` up to `burst`).
@@ -185,7 +145,8 @@ impl Conn {
 
     /// Remove every unacked entry of `conv` with seq <= `seq` (cumulative ack).
     pub fn ack(&mut self, conv: &str, seq: u64) {
-        self.unacked.retain(|u| !(u.seq <= seq && &*u.conv == conv));
+        self.unacked
+            .retain(|u| !(u.entry.seq <= seq && &*u.entry.conv == conv));
     }
 }
 

@@ -15,6 +15,7 @@
 //! `.await`.
 
 mod accept;
+mod activity;
 mod client;
 pub mod conn;
 pub(crate) use client::{authorize_send, sync_job};
@@ -39,7 +40,7 @@ use tern_proto::{DeviceId, ServerFrame, Subprotocol, UserId};
 
 use crate::encoded::{ws_frame, Encoded};
 use crate::limits::*;
-use crate::mesh::{ConnRef, Inbox, Push, ShardIdx, ShardMsg};
+use crate::mesh::{ConnRef, Inbox, Push, ShardIdx, ShardMsg, Tracked};
 use crate::owner::Owner;
 use crate::shared::{now_ms, Shared};
 use crate::ws::codec::{close_frame, encode_frame, OpCode};
@@ -229,7 +230,7 @@ impl Shard {
                     since_ms: now,
                     send_tokens: self.shared.cfg.send_burst,
                     send_refill_ms: now,
-                    groups: Vec::new(),
+                    groups: Default::default(),
                     rx: None,
                     outq: Default::default(),
                     out_head_off: 0,
@@ -341,22 +342,27 @@ impl Shard {
             let Some(c) = conns.get_mut(slot, gen) else {
                 return;
             };
-            if c.closing != Closing::Open {
-                return;
-            }
-            c.out_bytes += bytes.len();
-            c.outq.push_back(bytes);
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.borrow_mut().push((slot, gen));
+            match c.queue(bytes) {
+                None => return,
+                Some(newly_dirty) => self.mark_dirty(slot, gen, newly_dirty),
             }
             c.out_bytes > OUTBOUND_BYTES_MAX
         };
         if over {
-            tracing::debug!(slot, "slow consumer: outbound queue full");
-            self.abort(slot, gen);
+            self.slow_consumer(slot, gen);
         }
         self.flush.notify();
+    }
+
+    fn mark_dirty(&self, slot: u32, gen: u32, newly_dirty: bool) {
+        if newly_dirty {
+            self.dirty.borrow_mut().push((slot, gen));
+        }
+    }
+
+    fn slow_consumer(&self, slot: u32, gen: u32) {
+        tracing::debug!(slot, "slow consumer: outbound queue full");
+        self.abort(slot, gen);
     }
 
     /// Server-initiated close: close frame, then bounded wait for the client.
@@ -370,13 +376,11 @@ impl Shard {
                 return;
             }
             let f: Arc<[u8]> = close_frame(code, reason).into();
-            c.out_bytes += f.len();
-            c.outq.push_back(f);
+            let Some(newly_dirty) = c.queue(f) else {
+                return;
+            };
             c.closing = Closing::CloseSent;
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.borrow_mut().push((slot, gen));
-            }
+            self.mark_dirty(slot, gen, newly_dirty);
         }
         self.timers.borrow_mut().arm(
             now_ms() + CLOSE_GRACE_MS,
@@ -539,50 +543,97 @@ impl Shard {
     /// Deliver a push to the named users' connections on this shard.
     fn on_push(&self, p: Push) {
         let now = now_ms();
+        let mut queued = 0u64;
         if p.skip_user.is_none() && p.users.len() >= PUSH_PLAN_USERS_MIN {
             let targets = self.push_plan(&p.users);
             for &(slot, gen) in targets.iter() {
-                self.push_one(&p, slot, gen, now);
+                queued += u64::from(self.push_one(&p, slot, gen, now));
             }
-            return;
+        } else {
+            let users = self.users.borrow();
+            // The skipped user's entry, found once: members are then skipped
+            // by entry identity instead of a string comparison each.
+            let skip = p.skip_user.as_ref().and_then(|u| users.get(u));
+            for user in p.users.iter() {
+                let Some(slots) = users.get(user) else {
+                    continue;
+                };
+                if skip.is_some_and(|s| std::ptr::eq(s, slots)) {
+                    continue;
+                }
+                for &(slot, gen) in slots.as_slice() {
+                    queued += u64::from(self.push_one(&p, slot, gen, now));
+                }
+            }
         }
-        let users = self.users.borrow();
-        // The skipped user's entry, found once: members are then skipped by
-        // entry identity instead of a string comparison each.
-        let skip = p.skip_user.as_ref().and_then(|u| users.get(u));
-        for user in p.users.iter() {
-            let Some(slots) = users.get(user) else {
-                continue;
-            };
-            if skip.is_some_and(|s| std::ptr::eq(s, slots)) {
-                continue;
-            }
-            for &(slot, gen) in slots.as_slice() {
-                self.push_one(&p, slot, gen, now);
-            }
+        if queued > 0 {
+            self.shared
+                .stats
+                .deliveries
+                .fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
+            self.flush.notify();
         }
     }
 
     /// One connection of a push: skipped if it sent the message; in a large
-    /// group, a `notice` instead when it is not active there.
-    fn push_one(&self, p: &Push, slot: u32, gen: u32, now: u64) {
+    /// group, a `notice` instead when it is not active there. The decision,
+    /// the unacked record and the queueing take one look-up of the
+    /// connection. True if the frame was queued (the caller counts and
+    /// wakes the flusher once per push).
+    fn push_one(&self, p: &Push, slot: u32, gen: u32, now: u64) -> bool {
         if p.except == Some(self.conn_ref(slot, gen)) {
-            return;
+            return false;
         }
-        if p.large {
-            if let Some((conv, seq)) = &p.track {
-                let active = self
-                    .conns
-                    .borrow_mut()
-                    .get_mut(slot, gen)
-                    .is_some_and(|c| c.is_active(conv, now));
-                if !active {
-                    self.notice(slot, gen, conv, *seq, now);
-                    return;
+        let (arm, over, too_many) = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(c) = conns.get_mut(slot, gen) else {
+                return false;
+            };
+            if c.closing != Closing::Open {
+                return false;
+            }
+            if let Some(t) = p.track.as_ref().filter(|_| p.large) {
+                if !c.groups.is_active(&t.conv, now) {
+                    drop(conns);
+                    self.notice(slot, gen, &t.conv, t.seq, now);
+                    return false;
                 }
             }
+            let bytes = p.frame.for_sp(c.sp).clone();
+            let mut arm = false;
+            if let Some(t) = &p.track {
+                debug_assert!(Arc::ptr_eq(&t.frame, &p.frame));
+                c.unacked.push_back(Unacked {
+                    entry: t.clone(),
+                    sent_ms: now,
+                    tries: 0,
+                });
+                arm = !std::mem::replace(&mut c.ack_timer_armed, true);
+            }
+            let newly_dirty = c.queue(bytes).unwrap_or(false);
+            self.mark_dirty(slot, gen, newly_dirty);
+            (
+                arm,
+                c.out_bytes > OUTBOUND_BYTES_MAX,
+                c.unacked.len() > UNACKED_MAX,
+            )
+        };
+        if arm {
+            self.timers.borrow_mut().arm(
+                now + self.shared.cfg.ack_timeout_ms,
+                TimerEntry {
+                    slot,
+                    gen,
+                    kind: TimerKind::Ack,
+                },
+            );
         }
-        self.push_to(slot, gen, &p.frame, p.track.as_ref(), now);
+        if over {
+            self.slow_consumer(slot, gen);
+        } else if too_many {
+            self.close(slot, gen, close_code::TIMEOUT, "slow consumer");
+        }
+        true
     }
 
     /// The connections of `users` on this shard, in push order: cached per
@@ -624,8 +675,8 @@ impl Shard {
             let Some(c) = conns.get_mut(slot, gen) else {
                 return;
             };
-            let t = c.group_track(conv);
-            if now.saturating_sub(t.notice_ms) >= conn::NOTICE_INTERVAL_MS {
+            let t = c.groups.track(conv);
+            if now.saturating_sub(t.notice_ms) >= activity::NOTICE_INTERVAL_MS {
                 t.notice_ms = now;
                 t.notice_pending = None;
                 true
@@ -633,7 +684,7 @@ impl Shard {
                 let was_pending = t.notice_pending.is_some();
                 t.notice_pending = Some(t.notice_pending.map_or(max_seq, |m| m.max(max_seq)));
                 if !was_pending {
-                    let at = t.notice_ms + conn::NOTICE_INTERVAL_MS;
+                    let at = t.notice_ms + activity::NOTICE_INTERVAL_MS;
                     self.timers.borrow_mut().arm(
                         at,
                         TimerEntry {
@@ -666,56 +717,6 @@ impl Shard {
         );
     }
 
-    fn push_to(
-        &self,
-        slot: u32,
-        gen: u32,
-        frame: &Encoded,
-        track: Option<&(Arc<str>, u64)>,
-        now: u64,
-    ) {
-        let (bytes, arm, too_many) = {
-            let mut conns = self.conns.borrow_mut();
-            let Some(c) = conns.get_mut(slot, gen) else {
-                return;
-            };
-            let bytes = frame.for_sp(c.sp).clone();
-            let mut arm = false;
-            if let Some((conv, seq)) = track {
-                c.unacked.push_back(Unacked {
-                    conv: conv.clone(),
-                    seq: *seq,
-                    frame: bytes.clone(),
-                    sent_ms: now,
-                    tries: 0,
-                });
-                if !c.ack_timer_armed {
-                    c.ack_timer_armed = true;
-                    arm = true;
-                }
-            }
-            (bytes, arm, c.unacked.len() > UNACKED_MAX)
-        };
-        if arm {
-            self.timers.borrow_mut().arm(
-                now + self.shared.cfg.ack_timeout_ms,
-                TimerEntry {
-                    slot,
-                    gen,
-                    kind: TimerKind::Ack,
-                },
-            );
-        }
-        self.enqueue(slot, gen, bytes);
-        self.shared
-            .stats
-            .deliveries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if too_many {
-            self.close(slot, gen, close_code::TIMEOUT, "slow consumer");
-        }
-    }
-
     /// Push `frame` to `users` wherever their home shards are: one mesh item
     /// per home shard.
     pub fn push_users(
@@ -723,7 +724,7 @@ impl Shard {
         users: Vec<UserId>,
         except: Option<ConnRef>,
         frame: Arc<Encoded>,
-        track: Option<(Arc<str>, u64)>,
+        track: Option<Arc<Tracked>>,
     ) {
         let n = self.n_shards();
         let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
@@ -757,7 +758,7 @@ impl Shard {
         except: Option<ConnRef>,
         skip_user: Option<UserId>,
         frame: Arc<Encoded>,
-        track: Option<(Arc<str>, u64)>,
+        track: Option<Arc<Tracked>>,
         large: bool,
     ) {
         debug_assert_eq!(parts.len(), self.n_shards());
@@ -839,7 +840,7 @@ impl Shard {
                             }
                             u.tries += 1;
                             u.sent_ms = now;
-                            resend.push(u.frame.clone());
+                            resend.push(u.entry.frame.for_sp(c.sp).clone());
                         }
                         let due = u.sent_ms + ack_timeout;
                         next = Some(next.map_or(due, |n: u64| n.min(due)));
@@ -872,7 +873,7 @@ impl Shard {
                     };
                     for t in c.groups.iter_mut() {
                         if let Some(max_seq) = t.notice_pending {
-                            let at = t.notice_ms + conn::NOTICE_INTERVAL_MS;
+                            let at = t.notice_ms + activity::NOTICE_INTERVAL_MS;
                             if at <= now {
                                 t.notice_ms = now;
                                 t.notice_pending = None;

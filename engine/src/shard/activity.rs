@@ -76,6 +76,13 @@ impl GroupActivity {
         g.active_ms != 0 && now.saturating_sub(g.active_ms) < ACTIVE_WINDOW_MS
     }
 
+    /// Start loading the records into the cache (see `Slab::prefetch`).
+    pub fn prefetch(&self) {
+        if !self.0.is_empty() {
+            super::prefetch::prefetch(self.0.as_ptr().cast());
+        }
+    }
+
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut GroupTrack> {
         self.0.iter_mut()
     }

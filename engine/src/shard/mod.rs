@@ -18,6 +18,7 @@ mod accept;
 mod activity;
 mod client;
 pub mod conn;
+mod prefetch;
 pub(crate) use client::{authorize_send, sync_job};
 mod poller;
 mod reader;
@@ -122,6 +123,10 @@ pub(crate) struct Shard {
 const PUSH_PLAN_USERS_MIN: usize = 64;
 /// Most cached push plans; all are dropped when a new one would pass it.
 const PUSH_PLANS_MAX: usize = 64;
+/// How many connections ahead a planned push prefetches: far enough for a
+/// memory load (~100 ns) to land while the pushes in between (~50–100 ns
+/// each when cached) run.
+const PREFETCH_AHEAD: usize = 8;
 
 /// The connections a push to `users` reaches, in push order, as of
 /// `epoch`. Holding `users` keeps its allocation (the cache key) alive.
@@ -546,7 +551,8 @@ impl Shard {
         let mut queued = 0u64;
         if p.skip_user.is_none() && p.users.len() >= PUSH_PLAN_USERS_MIN {
             let targets = self.push_plan(&p.users);
-            for &(slot, gen) in targets.iter() {
+            for (i, &(slot, gen)) in targets.iter().enumerate() {
+                self.prefetch_ahead(&targets, i, p.large);
                 queued += u64::from(self.push_one(&p, slot, gen, now));
             }
         } else {
@@ -572,6 +578,24 @@ impl Shard {
                 .deliveries
                 .fetch_add(queued, std::sync::atomic::Ordering::Relaxed);
             self.flush.notify();
+        }
+    }
+
+    /// While the push reaches `targets[i]`, start loading the connection
+    /// [`PREFETCH_AHEAD`] further on and, in a large group, the activity
+    /// records of the one half as far (its connection is cached by then).
+    fn prefetch_ahead(&self, targets: &[(u32, u32)], i: usize, large: bool) {
+        let conns = self.conns.borrow();
+        if let Some(&(slot, _)) = targets.get(i + PREFETCH_AHEAD) {
+            conns.prefetch(slot);
+        }
+        if large {
+            if let Some(c) = targets
+                .get(i + PREFETCH_AHEAD / 2)
+                .and_then(|&(slot, gen)| conns.get(slot, gen))
+            {
+                c.groups.prefetch();
+            }
         }
     }
 

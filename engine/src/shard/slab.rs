@@ -6,6 +6,7 @@
 //! of an idle connection's cost before this, docs/BENCHMARKS.md).
 
 use super::conn::Conn;
+use super::prefetch::prefetch;
 
 /// Connections per chunk: ~280 KB each, allocated as one block whose pages
 /// are only touched as slots fill.
@@ -54,6 +55,29 @@ impl Slab {
     pub fn get_mut(&mut self, slot: u32, gen: u32) -> Option<&mut Conn> {
         let s = slot as usize;
         match self.chunks.get_mut(s / CHUNK)?.get_mut(s % CHUNK) {
+            Some(Some(c)) if c.gen == gen => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Start loading `slot`'s connection into the cache without waiting for
+    /// it: the address is computed, not read. A large fan-out touches one
+    /// connection per member, each a cache miss when taken in turn.
+    pub fn prefetch(&self, slot: u32) {
+        let s = slot as usize;
+        if let Some(chunk) = self.chunks.get(s / CHUNK) {
+            if s % CHUNK < chunk.len() {
+                let p = chunk.as_ptr().wrapping_add(s % CHUNK).cast::<u8>();
+                for line in 0..std::mem::size_of::<Option<Conn>>().div_ceil(64) {
+                    prefetch(p.wrapping_add(line * 64));
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, slot: u32, gen: u32) -> Option<&Conn> {
+        let s = slot as usize;
+        match self.chunks.get(s / CHUNK)?.get(s % CHUNK) {
             Some(Some(c)) if c.gen == gen => Some(c),
             _ => None,
         }

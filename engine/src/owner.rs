@@ -40,7 +40,20 @@ struct ConvSeq {
     poisoned: bool,
 }
 
-type DedupKey = (ConvId, UserId, String);
+/// (conversation, sender, cmid) of a send in flight: one allocation shared
+/// by the waiters map and the pending entry.
+type DedupKey = Rc<(ConvId, UserId, String)>;
+
+/// A send's dedup key borrowed from it, for look-ups without building one.
+/// Hashes like the tuple (fields in order, `str` like `String`).
+#[derive(Hash)]
+struct DedupRef<'a>(&'a ConvId, &'a UserId, &'a str);
+
+impl hashbrown::Equivalent<DedupKey> for DedupRef<'_> {
+    fn equivalent(&self, k: &DedupKey) -> bool {
+        *self.0 == k.0 && *self.1 == k.1 && self.2 == k.2
+    }
+}
 
 /// Users remembered as existing per shard before the cache starts over.
 const KNOWN_USERS_MAX: usize = 1 << 20;
@@ -438,12 +451,10 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         }
     };
     let now = now_ms();
-    let dedup_key: Option<DedupKey> = job
-        .dedup
-        .then(|| (job.conv.clone(), job.from.clone(), job.cmid.clone()));
-    if let Some(key) = &dedup_key {
+    if job.dedup {
+        let key = DedupRef(&job.conv, &job.from, &job.cmid);
         let mut owner = shard.owner.borrow_mut();
-        if let Some(w) = owner.dedup_waiters.get_mut(key) {
+        if let Some(w) = owner.dedup_waiters.get_mut(&key) {
             w.push((job.reply, job.cmid));
             return;
         }
@@ -500,22 +511,24 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
     let op = WriteOp::Append {
         conv: job.conv.clone(),
         entry: Entry::Msg(msg),
-        dedup: dedup_key
-            .as_ref()
-            .map(|(_, u, c)| (u.as_str().to_owned(), c.clone())),
+        dedup: job
+            .dedup
+            .then(|| (job.from.as_str().to_owned(), job.cmid.clone())),
         index_users,
     };
     let except = match &job.reply {
         ReplyTo::Conn(c) => Some(*c),
         ReplyTo::Http(_) => None,
     };
-    if let Some(key) = &dedup_key {
+    let dedup_key: Option<DedupKey> = job.dedup.then(|| {
+        let key = Rc::new((job.conv.clone(), job.from.clone(), job.cmid.clone()));
         shard
             .owner
             .borrow_mut()
             .dedup_waiters
             .insert(key.clone(), Vec::new());
-    }
+        key
+    });
     let pending = PendingAppend {
         conv: job.conv,
         seq,
@@ -536,7 +549,14 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
 /// Hand out the next seq of `conv` (not yet committed).
 fn next_seq(shard: &Shard, conv: &ConvId) -> Result<u64, EngineError> {
     let mut owner = shard.owner.borrow_mut();
-    let st = owner.convs.entry(conv.clone()).or_default();
+    // Look up before `entry`, which would clone the id on every send.
+    if !owner.convs.contains_key(conv) {
+        owner.convs.insert(conv.clone(), ConvSeq::default());
+    }
+    let st = owner
+        .convs
+        .get_mut(conv)
+        .expect("conv state inserted above");
     if st.poisoned {
         return Err(err(ErrorCode::Unavailable, "storage failed; retry"));
     }
@@ -1086,5 +1106,27 @@ fn push_member_plans(plans: &mut Vec<EventPlan>, added: Vec<UserId>, removed: Ve
             remove: removed,
             delete_group: false,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A borrowed key must find the owned one: if the two hashed
+    /// differently, a duplicate sent while the first is in flight would be
+    /// missed and stored twice.
+    #[test]
+    fn a_borrowed_dedup_key_finds_the_stored_one_and_only_it() {
+        let conv = ConvId::parse("dm:alice:bob").expect("conv");
+        let alice = UserId::parse("alice").expect("user");
+        let bob = UserId::parse("bob").expect("user");
+        let mut waiters: HashMap<DedupKey, u32> = HashMap::new();
+        waiters.insert(Rc::new((conv.clone(), alice.clone(), "m1".into())), 7);
+        assert_eq!(waiters.get(&DedupRef(&conv, &alice, "m1")), Some(&7));
+        assert_eq!(waiters.get(&DedupRef(&conv, &alice, "m2")), None);
+        assert_eq!(waiters.get(&DedupRef(&conv, &bob, "m1")), None);
+        let other = ConvId::parse("dm:alice:carol").expect("conv");
+        assert_eq!(waiters.get(&DedupRef(&other, &alice, "m1")), None);
     }
 }

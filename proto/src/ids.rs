@@ -227,21 +227,14 @@ impl ConvId {
     /// size: the send path needs it several times per message, and
     /// `to_string` grows its buffer two or three times on the way.
     pub fn to_text(&self) -> String {
-        let mut s;
-        match self {
-            ConvId::Dm { a, b } => {
-                s = String::with_capacity(4 + a.as_str().len() + b.as_str().len());
-                s.push_str("dm:");
-                s.push_str(a.as_str());
-                s.push(':');
-                s.push_str(b.as_str());
-            }
-            ConvId::Group(g) => {
-                s = String::with_capacity(6 + g.as_str().len());
-                s.push_str("group:");
-                s.push_str(g.as_str());
-            }
-        }
+        // The lengths of `Display`'s pieces: "dm:" a ":" b, or "group:" g.
+        let len = match self {
+            ConvId::Dm { a, b } => 4 + a.as_str().len() + b.as_str().len(),
+            ConvId::Group(g) => 6 + g.as_str().len(),
+        };
+        let mut s = String::with_capacity(len);
+        fmt::Write::write_fmt(&mut s, format_args!("{self}"))
+            .expect("writing to a String cannot fail");
         debug_assert_eq!(s.len(), s.capacity(), "to_text capacity");
         s
     }

@@ -642,16 +642,16 @@ impl Storage {
 
     /// The (seq, ts) first assigned to (conv, sender, cmid), unless that was
     /// longer than the dedup window before `now_ms` (expired → `None`).
+    /// `conv` is the conversation's text ([`ConvId::to_text`]), which the
+    /// send path already holds.
     pub fn dedup_lookup(
         &self,
-        conv: &ConvId,
+        conv: &str,
         sender: &str,
         cmid: &str,
         now_ms: u64,
     ) -> Result<Option<(u64, u64)>, StorageError> {
-        let conv_key = conv.to_text();
-        let Some(key) = keys::dedup_key(conv_key.as_bytes(), sender.as_bytes(), cmid.as_bytes())
-        else {
+        let Some(key) = keys::dedup_key(conv.as_bytes(), sender.as_bytes(), cmid.as_bytes()) else {
             // Such a sender can never have been recorded.
             return Ok(None);
         };

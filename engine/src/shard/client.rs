@@ -129,7 +129,9 @@ pub(super) fn on_frame(
             let allowed = match shard.conns.borrow_mut().get_mut(slot, gen) {
                 Some(c) => {
                     let now = now_ms();
-                    c.touch_group(&conv.to_text(), now);
+                    if !conv.is_dm() {
+                        c.touch_group(&conv.to_text(), now);
+                    }
                     c.take_send_token(now, cfg.send_rate_per_s, cfg.send_burst)
                 }
                 None => return,

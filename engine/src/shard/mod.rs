@@ -750,7 +750,36 @@ impl Shard {
         frame: Arc<Encoded>,
         track: Option<Arc<Tracked>>,
     ) {
+        let push = |h: usize, users: Arc<[UserId]>| {
+            self.mesh_send(
+                h,
+                ShardMsg::Push(Push {
+                    users,
+                    except,
+                    skip_user: None,
+                    frame: frame.clone(),
+                    track: track.clone(),
+                    large: false,
+                }),
+            )
+        };
         let n = self.n_shards();
+        // One home for all (always so with one shard; a dm's two users
+        // often): one push, without partitioning.
+        let one_home = match users.first() {
+            None => return,
+            Some(_) if n == 1 => Some(0),
+            Some(u0) => {
+                let h = crate::mesh::home_shard(u0, n);
+                users[1..]
+                    .iter()
+                    .all(|u| crate::mesh::home_shard(u, n) == h)
+                    .then_some(h)
+            }
+        };
+        if let Some(h) = one_home {
+            return push(h, users.into());
+        }
         let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
         for u in users {
             let h = crate::mesh::home_shard(&u, n);
@@ -758,17 +787,7 @@ impl Shard {
         }
         for (h, us) in by_home.into_iter().enumerate() {
             if !us.is_empty() {
-                self.mesh_send(
-                    h,
-                    ShardMsg::Push(Push {
-                        users: us.into(),
-                        except,
-                        skip_user: None,
-                        frame: frame.clone(),
-                        track: track.clone(),
-                        large: false,
-                    }),
-                );
+                push(h, us.into());
             }
         }
     }

@@ -27,6 +27,11 @@ use crate::mesh::{
 };
 use crate::shard::Shard;
 use crate::shared::{now_ms, Shared, SYSTEM_USER};
+use inflight::{InFlight, Ticket};
+use pending::TokenRing;
+
+mod inflight;
+mod pending;
 
 /// Sequencing state of one conversation.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,21 +43,6 @@ struct ConvSeq {
     in_flight: u32,
     /// A write failed; refuse sends until `in_flight` drains.
     poisoned: bool,
-}
-
-/// (conversation, sender, cmid) of a send in flight: one allocation shared
-/// by the waiters map and the pending entry.
-type DedupKey = Rc<(ConvId, UserId, String)>;
-
-/// A send's dedup key borrowed from it, for look-ups without building one.
-/// Hashes like the tuple (fields in order, `str` like `String`).
-#[derive(Hash)]
-struct DedupRef<'a>(&'a ConvId, &'a UserId, &'a str);
-
-impl hashbrown::Equivalent<DedupKey> for DedupRef<'_> {
-    fn equivalent(&self, k: &DedupKey) -> bool {
-        *self.0 == k.0 && *self.1 == k.1 && self.2 == k.2
-    }
 }
 
 /// Users remembered as existing per shard before the cache starts over.
@@ -67,8 +57,6 @@ enum Recipients {
         parts: Arc<Vec<Arc<[UserId]>>>,
         n: usize,
         large: bool,
-        /// The group conversation's shared text.
-        text: Arc<str>,
     },
 }
 
@@ -79,7 +67,7 @@ enum Then {
     Msg {
         cmid: String,
         reply: ReplyTo,
-        dedup: Option<DedupKey>,
+        dedup: Option<Ticket>,
         event: Option<Box<EngineEvent>>,
     },
     /// A group event: answer the HTTP caller after the last event of its op.
@@ -92,6 +80,8 @@ enum Then {
 
 struct PendingAppend {
     conv: ConvId,
+    /// `conv`'s text, built once per entry (frame, ack, unacked record).
+    text: Arc<str>,
     seq: u64,
     ts: u64,
     except: Option<ConnRef>,
@@ -146,9 +136,9 @@ impl GroupState {
 #[derive(Default)]
 pub(crate) struct Owner {
     convs: HashMap<ConvId, ConvSeq>,
-    pending: HashMap<u64, PendingAppend>,
-    /// Sends waiting for an identical (conv, sender, cmid) already in flight.
-    dedup_waiters: HashMap<DedupKey, Vec<(ReplyTo, String)>>,
+    pending: TokenRing<PendingAppend>,
+    /// Deduplicated sends being stored, and duplicates waiting on them.
+    in_flight: InFlight,
     next_token: u64,
     /// Groups this shard owns that were used since start; `None`: no such group.
     groups: HashMap<GroupId, Option<GroupState>>,
@@ -235,31 +225,47 @@ impl Owner {
     }
 
     pub fn in_flight(&self) -> usize {
+        // Every deduplicated send in flight has its pending write.
+        debug_assert!(self.in_flight.len() <= self.pending.len());
         self.pending.len()
     }
 }
 
 /// Send the answer of a send to whoever asked.
 fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError>) {
+    match (to, res) {
+        (to, Ok(ok)) => {
+            let text = ok.conv.to_text();
+            reply_ok(shard, to, cmid, ok, &text);
+        }
+        (ReplyTo::Conn(c), Err(e)) => {
+            let frame = ServerFrame::SendErr {
+                cmid: cmid.to_owned(),
+                code: e.code,
+                message: e.message,
+            };
+            shard.mesh_send(c.shard, ShardMsg::Reply { conn: c, frame });
+        }
+        (ReplyTo::Http(tx), Err(e)) => {
+            let _ = tx.send(Err(e));
+        }
+    }
+}
+
+/// [`reply`] with a success whose conversation text is at hand.
+fn reply_ok(shard: &Shard, to: ReplyTo, cmid: &str, ok: SendOk, text: &str) {
     match to {
         ReplyTo::Conn(c) => {
-            let frame = match res {
-                Ok(ok) => ServerFrame::SendAck {
-                    cmid: cmid.to_owned(),
-                    conv: ok.conv.to_text(),
-                    seq: ok.seq,
-                    ts: ok.ts,
-                },
-                Err(e) => ServerFrame::SendErr {
-                    cmid: cmid.to_owned(),
-                    code: e.code,
-                    message: e.message,
-                },
+            let frame = ServerFrame::SendAck {
+                cmid: cmid.to_owned(),
+                conv: text.to_owned(),
+                seq: ok.seq,
+                ts: ok.ts,
             };
             shard.mesh_send(c.shard, ShardMsg::Reply { conn: c, frame });
         }
         ReplyTo::Http(tx) => {
-            let _ = tx.send(res);
+            let _ = tx.send(Ok(ok));
         }
     }
 }
@@ -376,7 +382,7 @@ fn storage_err(e: StorageError) -> EngineError {
     )
 }
 
-pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
+pub(crate) fn on_send(shard: &Rc<Shard>, mut job: SendJob) {
     debug_assert_eq!(
         owner_shard(&job.conv, shard.n_shards()),
         shard.idx,
@@ -384,7 +390,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
     );
     let storage = &shard.shared.storage;
     let n = shard.n_shards();
-    let recipients = match &job.conv {
+    let (recipients, text) = match &job.conv {
         ConvId::Dm { .. } => {
             let to = dm_recipients(&job.conv);
             // Every participant other than the sender must exist (no_such_user).
@@ -408,7 +414,7 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                     Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
                 }
             }
-            Recipients::Users(to)
+            (Recipients::Users(to), None)
         }
         ConvId::Group(g) => {
             let mut owner = shard.owner.borrow_mut();
@@ -440,48 +446,55 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
                         );
                     }
                     let large = st.members.len() > shard.shared.cfg.large_group_threshold;
-                    Recipients::Parts {
+                    let parts = Recipients::Parts {
                         parts: st.parts(n),
                         n: st.members.len(),
                         large,
-                        text: st.text(g),
-                    }
+                    };
+                    (parts, Some(st.text(g)))
                 }
             }
         }
     };
     let now = now_ms();
-    if job.dedup {
-        let key = DedupRef(&job.conv, &job.from, &job.cmid);
+    // The group's shared text, or a dm's built once for this message.
+    let text: Arc<str> = text.unwrap_or_else(|| job.conv.to_text().into());
+    let mut reply_to = job.reply;
+    let dedup_hash = if job.dedup {
         let mut owner = shard.owner.borrow_mut();
-        if let Some(w) = owner.dedup_waiters.get_mut(&key) {
-            w.push((job.reply, job.cmid));
-            return;
-        }
+        let h = owner.in_flight.hash(&job.conv, &job.from, &job.cmid);
+        let w = owner
+            .in_flight
+            .wait(h, &job.conv, &job.from, (reply_to, job.cmid));
         drop(owner);
-        match storage.dedup_lookup(&job.conv, job.from.as_str(), &job.cmid, now) {
+        let (back, cmid) = match w {
+            Ok(()) => return,
+            Err(w) => w,
+        };
+        reply_to = back;
+        job.cmid = cmid;
+        match storage.dedup_lookup(&text, job.from.as_str(), &job.cmid, now) {
             Ok(Some((seq, ts))) => {
-                return reply(
-                    shard,
-                    job.reply,
-                    &job.cmid,
-                    Ok(SendOk {
-                        conv: job.conv,
-                        seq,
-                        ts,
-                    }),
-                );
+                let ok = SendOk {
+                    conv: job.conv,
+                    seq,
+                    ts,
+                };
+                return reply_ok(shard, reply_to, &job.cmid, ok, &text);
             }
             Ok(None) => {}
-            Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
+            Err(e) => return reply(shard, reply_to, &job.cmid, Err(storage_err(e))),
         }
-    }
+        Some(h)
+    } else {
+        None
+    };
     let seq = match next_seq(shard, &job.conv) {
         Ok(s) => s,
-        Err(e) => return reply(shard, job.reply, &job.cmid, Err(e)),
+        Err(e) => return reply(shard, reply_to, &job.cmid, Err(e)),
     };
     let msg = Msg {
-        conv: job.conv.to_text(),
+        conv: String::from(&*text),
         seq,
         from: job.from.as_str().to_owned(),
         device: job.device,
@@ -516,21 +529,23 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
             .then(|| (job.from.as_str().to_owned(), job.cmid.clone())),
         index_users,
     };
-    let except = match &job.reply {
+    let except = match &reply_to {
         ReplyTo::Conn(c) => Some(*c),
         ReplyTo::Http(_) => None,
     };
-    let dedup_key: Option<DedupKey> = job.dedup.then(|| {
-        let key = Rc::new((job.conv.clone(), job.from.clone(), job.cmid.clone()));
-        shard
-            .owner
-            .borrow_mut()
-            .dedup_waiters
-            .insert(key.clone(), Vec::new());
-        key
+    let token = shard.owner.borrow_mut().token();
+    let ticket = dedup_hash.map(|h| {
+        shard.owner.borrow_mut().in_flight.insert(
+            h,
+            token,
+            job.conv.clone(),
+            job.from,
+            job.cmid.clone(),
+        )
     });
     let pending = PendingAppend {
         conv: job.conv,
+        text,
         seq,
         ts: now,
         except,
@@ -538,12 +553,12 @@ pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
         frame,
         then: Then::Msg {
             cmid: job.cmid,
-            reply: job.reply,
-            dedup: dedup_key,
+            reply: reply_to,
+            dedup: ticket,
             event,
         },
     };
-    write(shard, op, pending);
+    write(shard, token, op, pending);
 }
 
 /// Hand out the next seq of `conv` (not yet committed).
@@ -569,8 +584,7 @@ fn next_seq(shard: &Shard, conv: &ConvId) -> Result<u64, EngineError> {
 /// Submit the durable write of a sequenced entry; its answer comes in
 /// [`on_committed`]. A refused submit fails the entry at once (and is
 /// treated like a failed write for the conversation's numbering).
-fn write(shard: &Shard, op: WriteOp, p: PendingAppend) {
-    let token = shard.owner.borrow_mut().token();
+fn write(shard: &Shard, token: u64, op: WriteOp, p: PendingAppend) {
     let req = WriteRequest {
         reply_to: shard.idx as u32,
         token,
@@ -609,12 +623,12 @@ pub(crate) fn on_committed(shard: &Rc<Shard>, results: Vec<(u64, Result<(), Stor
 fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
     let (p, waiters) = {
         let mut owner = shard.owner.borrow_mut();
-        let Some(p) = owner.pending.remove(&token) else {
+        let Some(p) = owner.pending.remove(token) else {
             debug_assert!(false, "commit for unknown token {token}");
             return;
         };
         let waiters = match &p.then {
-            Then::Msg { dedup: Some(k), .. } => owner.dedup_waiters.remove(k).unwrap_or_default(),
+            Then::Msg { dedup: Some(t), .. } => owner.in_flight.remove(t),
             _ => Vec::new(),
         };
         let st = owner
@@ -667,9 +681,9 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                         ts: p.ts,
                     };
                     for (w, c) in waiters {
-                        reply(shard, w, &c, Ok(ok.clone()));
+                        reply_ok(shard, w, &c, ok.clone(), &p.text);
                     }
-                    reply(shard, to, &cmid, Ok(ok));
+                    reply_ok(shard, to, &cmid, ok, &p.text);
                 }
                 Then::Event {
                     code,
@@ -690,29 +704,19 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                     }
                 }
             }
+            let track = Arc::new(Tracked {
+                conv: p.text.clone(),
+                seq: p.seq,
+                frame: p.frame.clone(),
+            });
             let n_recipients = match p.recipients {
                 Recipients::Users(users) => {
                     let n = users.len();
-                    let track = Some(Arc::new(Tracked {
-                        conv: p.conv.to_text().into(),
-                        seq: p.seq,
-                        frame: p.frame.clone(),
-                    }));
-                    shard.push_users(users, p.except, p.frame, track);
+                    shard.push_users(users, p.except, p.frame, Some(track));
                     n
                 }
-                Recipients::Parts {
-                    parts,
-                    n,
-                    large,
-                    text,
-                } => {
-                    let track = Some(Arc::new(Tracked {
-                        conv: text,
-                        seq: p.seq,
-                        frame: p.frame.clone(),
-                    }));
-                    shard.push_parts(&parts, p.except, None, p.frame, track, large);
+                Recipients::Parts { parts, n, large } => {
+                    shard.push_parts(&parts, p.except, None, p.frame, Some(track), large);
                     n
                 }
             };
@@ -1005,7 +1009,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
         let n = shard.n_shards();
         let threshold = shard.shared.cfg.large_group_threshold;
         // Apply the change at this seq and pick the recipients.
-        let (recipients, row, record) = {
+        let (recipients, text, row, record) = {
             let mut owner = shard.owner.borrow_mut();
             let st = owner
                 .groups
@@ -1044,8 +1048,8 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                     parts,
                     n: count,
                     large: count > threshold,
-                    text,
                 },
+                text,
                 row,
                 record,
             )
@@ -1073,6 +1077,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
         };
         let pending = PendingAppend {
             conv: conv.clone(),
+            text,
             seq,
             ts: now,
             except: None,
@@ -1084,7 +1089,8 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
                 reply: answer,
             },
         };
-        write(shard, op, pending);
+        let token = shard.owner.borrow_mut().token();
+        write(shard, token, op, pending);
     }
 }
 
@@ -1106,27 +1112,5 @@ fn push_member_plans(plans: &mut Vec<EventPlan>, added: Vec<UserId>, removed: Ve
             remove: removed,
             delete_group: false,
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A borrowed key must find the owned one: if the two hashed
-    /// differently, a duplicate sent while the first is in flight would be
-    /// missed and stored twice.
-    #[test]
-    fn a_borrowed_dedup_key_finds_the_stored_one_and_only_it() {
-        let conv = ConvId::parse("dm:alice:bob").expect("conv");
-        let alice = UserId::parse("alice").expect("user");
-        let bob = UserId::parse("bob").expect("user");
-        let mut waiters: HashMap<DedupKey, u32> = HashMap::new();
-        waiters.insert(Rc::new((conv.clone(), alice.clone(), "m1".into())), 7);
-        assert_eq!(waiters.get(&DedupRef(&conv, &alice, "m1")), Some(&7));
-        assert_eq!(waiters.get(&DedupRef(&conv, &alice, "m2")), None);
-        assert_eq!(waiters.get(&DedupRef(&conv, &bob, "m1")), None);
-        let other = ConvId::parse("dm:alice:carol").expect("conv");
-        assert_eq!(waiters.get(&DedupRef(&other, &alice, "m1")), None);
     }
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tern_proto::{ConvId, Entry, Kind, Msg, RawJson};
 use tern_storage::{
-    CommitSink, Durability, Storage, StorageError, StorageOptions, WriteOp, WriteRequest,
+    CommitSink, Durability, Storage, StorageError, StorageOptions, StoredEntry, WriteOp,
+    WriteRequest,
 };
 
 /// Batch sizes (requests submitted before waiting).
@@ -128,7 +129,7 @@ impl Db {
             token: seq,
             op: WriteOp::Append {
                 conv: self.conv.clone(),
-                entry: Entry::Msg(msg),
+                entry: StoredEntry::new(&self.conv, &Entry::Msg(msg)).expect("a valid entry"),
                 dedup: Some(("alice".into(), cmid)),
                 index_users: Vec::new(),
             },

@@ -7,7 +7,7 @@
 //! - `shard/`: one shard's runtime: `accept.rs` (handshake + auth + handoff
 //!   to the home shard), `reader.rs` (read, cut frames), `client.rs` (what
 //!   client frames do), `conn.rs`, `sockio.rs`, `timer.rs` (timer wheel).
-//! - `owner.rs`: seq assignment, dedup, durable write, fan-out start.
+//! - `owner/`: seq assignment, dedup, durable write, fan-out start.
 //! - `mesh.rs`: bounded queues between shards; `home_shard`, `owner_shard`.
 //! - `encoded.rs`: frames encoded once per subprotocol.
 //! - `readers.rs`: threads for blocking storage reads.

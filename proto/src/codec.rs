@@ -272,13 +272,25 @@ impl Entry {
     /// `tern.v1.rkyv` frame).
     pub fn to_storage_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
-        if rkyv::api::high::to_bytes_in::<_, rancor::Failure>(self, &mut out).is_err() {
-            // Unreachable: an entry is bounded by the body limit, far below
-            // rkyv's 2 GiB offsets. An empty value fails `from_storage_bytes`
-            // loudly instead of being half-read.
-            out.clear();
-        }
+        // Unreachable failure: an entry is bounded by the body limit, far
+        // below rkyv's 2 GiB offsets. An empty value fails
+        // `from_storage_bytes` loudly instead of being half-read.
+        let _ = self.append_storage_bytes(&mut out);
         out
+    }
+
+    /// Appends [`Entry::to_storage_bytes`] to `out` (after a header, say),
+    /// byte for byte the same as long as `out.len()` is a multiple of 8:
+    /// the archive's padding depends on its start modulo its alignment.
+    /// On the (unreachable) failure nothing is appended and it is `false`.
+    pub fn append_storage_bytes(&self, out: &mut Vec<u8>) -> bool {
+        debug_assert_eq!(out.len() % 8, 0, "unaligned start");
+        let start = out.len();
+        let ok = rkyv::api::high::to_bytes_in::<_, rancor::Failure>(self, &mut *out).is_ok();
+        if !ok {
+            out.truncate(start);
+        }
+        ok
     }
 
     /// Reads a stored entry. The bytes are checked (bytecheck, JSON bodies),

@@ -239,6 +239,19 @@ impl ConvId {
         s
     }
 
+    /// Whether `s` is this conversation's text ([`ConvId::to_text`]),
+    /// checked without building it.
+    pub fn is_text(&self, s: &str) -> bool {
+        match self {
+            ConvId::Dm { a, b } => s
+                .strip_prefix("dm:")
+                .and_then(|r| r.strip_prefix(a.as_str()))
+                .and_then(|r| r.strip_prefix(':'))
+                .is_some_and(|r| r == b.as_str()),
+            ConvId::Group(g) => s.strip_prefix("group:") == Some(g.as_str()),
+        }
+    }
+
     /// Parses `dm:<a>:<b>` (with `a <= b`) or `group:<g>`.
     pub fn parse(s: &str) -> Result<ConvId, IdError> {
         if let Some(pair) = s.strip_prefix("dm:") {
@@ -491,6 +504,17 @@ mod tests {
             assert_eq!(c.to_string(), s);
             assert_eq!(c.to_text(), s);
             assert_eq!(c.to_text().capacity(), s.len());
+            assert!(c.is_text(s));
+            for other in [
+                "dm:alice:bo",
+                "dm:alice:bobb",
+                "dm:alicebob",
+                "group:",
+                "g",
+                "",
+            ] {
+                assert!(!c.is_text(other), "{c} is not {other}");
+            }
             assert_eq!(ConvId::parse(&c.to_string()).unwrap(), c);
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{s}\""));

@@ -22,7 +22,7 @@ const SEP_END: u8 = SEP + 1;
 /// Byte offset of the ts (u64 BE) in a `msgs` value.
 pub(crate) const MSG_TS_OFFSET: usize = 0;
 /// Length of the fixed header of a `msgs` value (the ts).
-const MSG_HEADER_LEN: usize = 8;
+pub(crate) const MSG_HEADER_LEN: usize = 8;
 /// Byte offset of the ts (u64 BE) in a `dedup` value.
 pub(crate) const DEDUP_TS_OFFSET: usize = 8;
 /// Length of a `dedup` value: seq then ts.
@@ -67,10 +67,17 @@ pub(crate) fn msg_key_seq(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(seq.try_into().ok()?))
 }
 
+/// Starts a `msgs` value (`ts_be ++ entry`): appends the header to `out`,
+/// after which the entry's storage bytes follow.
+pub(crate) fn put_msg_header(out: &mut Vec<u8>, ts: u64) {
+    out.extend_from_slice(&ts.to_be_bytes());
+}
+
 /// `ts_be ++ entry`.
+#[cfg(test)]
 pub(crate) fn msg_value(ts: u64, entry: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(MSG_HEADER_LEN + entry.len());
-    v.extend_from_slice(&ts.to_be_bytes());
+    put_msg_header(&mut v, ts);
     v.extend_from_slice(entry);
     v
 }

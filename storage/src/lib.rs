@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+mod entry;
 mod error;
 mod keys;
 mod tuning;
@@ -44,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use rocksdb::{ColumnFamily, DBRawIterator, ReadOptions, WriteBatch, WriteOptions, DB};
 use tern_proto::{ConvId, Entry, GroupId, UserId};
 
+pub use entry::StoredEntry;
 pub use error::StorageError;
 pub use writer::{CommitSink, WriteOp, WriteRequest, WriterHandle, BATCH_MAX, WRITE_QUEUE_MAX};
 

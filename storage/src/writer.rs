@@ -24,7 +24,7 @@ use tern_proto::{ConvId, Entry, UserId};
 use crate::tuning::{
     CF_CONVS, CF_DEDUP, CF_GROUPS, CF_MEMBERS, CF_MSGS, CF_READ, CF_USER_CONVS, CF_USER_GROUPS,
 };
-use crate::{ctx, keys, Durability, GroupRow, Storage, StorageError, MEMBERS_MAX};
+use crate::{ctx, keys, Durability, GroupRow, Storage, StorageError, StoredEntry, MEMBERS_MAX};
 
 /// Most requests queued for the writer. Beyond it `submit` fails with
 /// `QueueFull` (the shard answers `unavailable`) instead of letting memory
@@ -73,13 +73,13 @@ pub enum WriteOp {
     ///
     /// Rejected on its own with `SeqGap` unless `entry.seq()` is exactly the
     /// conversation's committed max seq + 1 (counting earlier appends of the
-    /// same batch); with `Invalid` if the seq is 0 or the entry belongs to
-    /// another conversation.
+    /// same batch). (A seq of 0 or an entry of another conversation cannot
+    /// be a [`StoredEntry`] of `conv`.)
     Append {
-        /// The conversation; must equal `entry.conv()`.
+        /// The conversation the entry was checked against.
         conv: ConvId,
-        /// The entry, with its seq and ts assigned.
-        entry: Entry,
+        /// The entry, with its seq and ts assigned, encoded.
+        entry: StoredEntry,
         /// (sender, cmid) to remember for the dedup window.
         dedup: Option<(String, String)>,
         /// Users whose `convs` listing must include this conversation.
@@ -302,14 +302,12 @@ struct PendingHead {
 /// Stages the `msgs` row of an entry that passed [`Writer::check_entry`]
 /// and advances the batch's head of its conversation. Cannot fail, so a
 /// caller that checked everything first stages all or nothing.
-fn stage_entry(batch: &mut Batch, msgs: &ColumnFamily, next: NextEntry, entry: &Entry) {
+fn stage_entry(batch: &mut Batch, msgs: &ColumnFamily, next: NextEntry, entry: &StoredEntry) {
     let seq = entry.seq();
     debug_assert_eq!(seq, next.committed + 1, "entry not checked");
-    batch.wb.put_cf(
-        msgs,
-        keys::msg_key(&next.conv_key, seq),
-        keys::msg_value(entry.ts(), &entry.to_storage_bytes()),
-    );
+    batch
+        .wb
+        .put_cf(msgs, keys::msg_key(&next.conv_key, seq), entry.value());
     let head = batch.heads.entry(next.conv_key).or_insert(PendingHead {
         seq: next.committed,
         n_appends: 0,
@@ -481,11 +479,11 @@ impl Writer {
         &self,
         batch: &mut Batch,
         conv: &ConvId,
-        entry: &Entry,
+        entry: &StoredEntry,
         dedup: Option<(String, String)>,
         index_users: &[UserId],
     ) -> Result<(), StorageError> {
-        let next = self.check_entry(batch, conv, entry)?;
+        let next = self.check_entry(batch, conv, entry.seq())?;
         let dedup_key = match &dedup {
             Some((sender, cmid)) => Some(
                 keys::dedup_key(&next.conv_key, sender.as_bytes(), cmid.as_bytes()).ok_or_else(
@@ -545,13 +543,17 @@ impl Writer {
             Some(r) => Some(crate::encode_group(r)?),
             None => None,
         };
-        let next = match event {
-            Some(e @ Entry::Event(_)) => Some(self.check_entry(batch, conv, e)?),
+        let event = match event {
+            Some(e @ Entry::Event(_)) => Some(StoredEntry::new(conv, e)?),
             Some(Entry::Msg(_)) => {
                 return Err(StorageError::Invalid(format!(
                     "group change of {conv} with a msg instead of an event"
                 )))
             }
+            None => None,
+        };
+        let next = match &event {
+            Some(e) => Some(self.check_entry(batch, conv, e.seq())?),
             None => None,
         };
         let s = &self.storage;
@@ -561,7 +563,7 @@ impl Writer {
             s.cf(CF_MEMBERS)?,
             s.cf(CF_USER_GROUPS)?,
         );
-        if let (Some(next), Some(e)) = (next, event) {
+        if let (Some(next), Some(e)) = (next, &event) {
             stage_entry(batch, msgs, next, e);
         }
         let g = group.as_str().as_bytes();
@@ -590,26 +592,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Checks that `entry` may be appended to `conv` now: seq not 0, its
-    /// conv is `conv`, its seq is the head (counting this batch) + 1.
+    /// Checks that an entry of `conv` (a [`StoredEntry`], so its seq is not
+    /// 0) with `seq` may be appended now: the head (counting this batch) + 1.
     fn check_entry(
         &self,
         batch: &Batch,
         conv: &ConvId,
-        entry: &Entry,
+        seq: u64,
     ) -> Result<NextEntry, StorageError> {
-        let seq = entry.seq();
-        if seq == 0 {
-            return Err(StorageError::Invalid(format!("{conv}: entry seq 0")));
-        }
-        let conv_str = conv.to_text();
-        if entry.conv() != conv_str {
-            return Err(StorageError::Invalid(format!(
-                "entry of {} appended to {conv_str}",
-                entry.conv()
-            )));
-        }
-        let conv_key = conv_str.into_bytes();
+        debug_assert!(seq > 0, "a StoredEntry has a seq");
+        let conv_key = conv.to_text().into_bytes();
         let committed = match batch.heads.get(&conv_key) {
             Some(p) => p.seq,
             None => self.heads.get(&conv_key).copied().unwrap_or(0),

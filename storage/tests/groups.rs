@@ -372,7 +372,7 @@ fn user_groups_and_all_convs_carry_max_and_read_seq() {
     let ab = conv("dm:alice:bob");
     let dm = WriteOp::Append {
         conv: ab.clone(),
-        entry: entry(&ab, 1, FRESH_TS),
+        entry: stored(&ab, 1, FRESH_TS),
         dedup: None,
         index_users: users(&["alice", "bob"]),
     };

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
-use tern_storage::{Durability, Storage, StorageError};
+use tern_storage::{Durability, Storage, StorageError, StoredEntry};
 
 /// Conversations the ops spread over.
 const N_CONVS: usize = 4;
@@ -53,6 +53,13 @@ proptest! {
                 Op::Append { conv, skew } => {
                     let head = model.get(&conv).copied().unwrap_or(0);
                     let seq = (head as i64 + 1 + i64::from(skew)).max(0) as u64;
+                    if seq == 0 {
+                        // Not an entry of any conversation: refused before
+                        // it can reach the writer.
+                        let e = entry(&convs[conv], 0, FRESH_TS);
+                        prop_assert!(StoredEntry::new(&convs[conv], &e).is_err());
+                        continue;
+                    }
                     let ok = seq == head + 1;
                     if ok {
                         model.insert(conv, seq);

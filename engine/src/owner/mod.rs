@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use hashbrown::{HashMap, HashSet};
 use tern_proto::{ConvId, Entry, ErrorCode, Event, GroupId, Msg, RawJson, ServerFrame, UserId};
-use tern_storage::{GroupRow, StorageError, WriteOp, WriteRequest};
+use tern_storage::{GroupRow, StorageError, StoredEntry, WriteOp, WriteRequest};
 
 use crate::encoded::Encoded;
 use crate::handle::{EngineError, GroupRecord, SendOk};
@@ -503,7 +503,6 @@ pub(crate) fn on_send(shard: &Rc<Shard>, mut job: SendJob) {
         body: job.body,
         ts: now,
     };
-    let frame = Arc::new(Encoded::new(ServerFrame::Msg(msg.clone())));
     let event = shard.shared.cfg.events.is_some().then(|| {
         Box::new(EngineEvent::MessageSent {
             conv: job.conv.clone(),
@@ -521,14 +520,17 @@ pub(crate) fn on_send(shard: &Rc<Shard>, mut job: SendJob) {
         (Recipients::Users(to), 1) => to.clone(),
         _ => Vec::new(),
     };
-    let op = WriteOp::Append {
+    // Encoded for storage here, so the message moves on into its frame.
+    let entry = Entry::Msg(msg);
+    let op = StoredEntry::new(&job.conv, &entry).map(|entry| WriteOp::Append {
         conv: job.conv.clone(),
-        entry: Entry::Msg(msg),
+        entry,
         dedup: job
             .dedup
             .then(|| (job.from.as_str().to_owned(), job.cmid.clone())),
         index_users,
-    };
+    });
+    let frame = Arc::new(Encoded::new(entry.into_frame()));
     let except = match &reply_to {
         ReplyTo::Conn(c) => Some(*c),
         ReplyTo::Http(_) => None,
@@ -582,15 +584,17 @@ fn next_seq(shard: &Shard, conv: &ConvId) -> Result<u64, EngineError> {
 }
 
 /// Submit the durable write of a sequenced entry; its answer comes in
-/// [`on_committed`]. A refused submit fails the entry at once (and is
-/// treated like a failed write for the conversation's numbering).
-fn write(shard: &Shard, token: u64, op: WriteOp, p: PendingAppend) {
-    let req = WriteRequest {
-        reply_to: shard.idx as u32,
-        token,
-        op,
-    };
-    let submitted = shard.shared.writer.submit(req);
+/// [`on_committed`]. An entry that could not be encoded, or a refused
+/// submit, fails at once (and is treated like a failed write for the
+/// conversation's numbering).
+fn write(shard: &Shard, token: u64, op: Result<WriteOp, StorageError>, p: PendingAppend) {
+    let submitted = op.and_then(|op| {
+        shard.shared.writer.submit(WriteRequest {
+            reply_to: shard.idx as u32,
+            token,
+            op,
+        })
+    });
     shard.owner.borrow_mut().pending.insert(token, p);
     if let Err(e) = submitted {
         complete(shard, token, Err(e));
@@ -1090,7 +1094,7 @@ pub(crate) fn on_group_op(shard: &Rc<Shard>, group: GroupId, op: GroupOp, reply:
             },
         };
         let token = shard.owner.borrow_mut().token();
-        write(shard, token, op, pending);
+        write(shard, token, Ok(op), pending);
     }
 }
 

@@ -4,8 +4,8 @@
 //! Architecture invariants:
 //! - a connection is owned by exactly one shard (its user's home shard) after
 //!   `auth`; only that shard touches its socket after the handshake;
-//! - only a conversation's owner shard assigns its seqs (see `owner.rs`);
-//! - nothing here blocks on RocksDB except the two point reads in `owner.rs`
+//! - only a conversation's owner shard assigns its seqs (see `owner/`);
+//! - nothing here blocks on RocksDB except the two point reads in `owner/`
 //!   (dedup, user exists), which hit memtable/block cache/bloom filters.
 //!
 //! Tasks on the shard's runtime: the acceptor (`accept.rs`), the socket

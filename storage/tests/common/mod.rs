@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use tern_proto::{ConvId, Entry, Kind, Msg, RawJson, UserId};
 use tern_storage::{
-    CommitSink, Durability, Storage, StorageError, StorageOptions, WriteOp, WriteRequest,
-    WriterHandle,
+    CommitSink, Durability, Storage, StorageError, StorageOptions, StoredEntry, WriteOp,
+    WriteRequest, WriterHandle,
 };
 
 /// 24 h, the protocol's default dedup window.
@@ -62,10 +62,15 @@ pub fn entry(conv: &ConvId, seq: u64, ts: u64) -> Entry {
     })
 }
 
+/// [`entry`], encoded for an append.
+pub fn stored(conv: &ConvId, seq: u64, ts: u64) -> StoredEntry {
+    StoredEntry::new(conv, &entry(conv, seq, ts)).expect("a valid entry")
+}
+
 pub fn append(conv: &ConvId, seq: u64, ts: u64) -> WriteOp {
     WriteOp::Append {
         conv: conv.clone(),
-        entry: entry(conv, seq, ts),
+        entry: stored(conv, seq, ts),
         dedup: None,
         index_users: Vec::new(),
     }

@@ -65,26 +65,45 @@ async fn repeated_cmid_gets_the_original_ack_and_stores_once() {
         assert_eq!(x, y, "{sp:?}: concurrent duplicates");
         assert_eq!(x["seq"], 2);
 
+        // Interleaved duplicates in one burst (the owner reads their dedup
+        // rows together, in one run): one seq per cmid, in first-seen order.
+        let burst = ["dup3", "dup4", "dup3", "dup4", "dup3"];
+        for cmid in burst {
+            alice.send(&json!({ "type": "send", "cmid": cmid, "to": format!("user:{b}"), "kind": "text", "body": cmid })).await;
+        }
+        for (cmid, seq) in [("dup3", 3), ("dup4", 4)] {
+            let n = burst.iter().filter(|c| **c == cmid).count();
+            for _ in 0..n {
+                let a = alice.answer_to(cmid).await;
+                assert_eq!(a["type"], "send_ack", "{sp:?}: {a}");
+                assert_eq!(a["seq"], seq, "{sp:?}: {cmid} in a burst: {a}");
+            }
+        }
+
         // bob got each message once.
         let m = bob.expect_msg(&conv, 1).await;
         assert_eq!(m["body"], "once");
         let m = bob.expect_msg(&conv, 2).await;
         assert_eq!(m["cmid"], "dup2");
-        bob.ack(&conv, 2).await;
+        let m = bob.expect_msg(&conv, 3).await;
+        assert_eq!(m["cmid"], "dup3");
+        let m = bob.expect_msg(&conv, 4).await;
+        assert_eq!(m["cmid"], "dup4");
+        bob.ack(&conv, 4).await;
         bob.quiet(&["msg"], QUIET).await;
 
         // One stored entry per cmid, via sync and via HTTP history.
         let synced = bob.sync_all(&conv, 0).await;
-        assert_eq!(synced.len(), 2, "{synced:?}");
+        assert_eq!(synced.len(), 4, "{synced:?}");
         assert_eq!(synced[0]["body"], "once");
         let h = s.history_all(&conv).await;
-        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.len(), 4, "{h:?}");
 
         // The same cmid from another sender is another message.
         let other = bob
             .send_text("dup", &format!("user:{a}"), "bob's own")
             .await;
-        assert_eq!(other["seq"], 3, "{other}");
+        assert_eq!(other["seq"], 5, "{other}");
     }
 }
 

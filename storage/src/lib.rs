@@ -657,15 +657,60 @@ impl Storage {
             // Such a sender can never have been recorded.
             return Ok(None);
         };
-        let Some(v) = self
+        let found = self
             .inner
             .db
             .get_pinned_cf(self.cf(CF_DEDUP)?, key)
-            .map_err(|e| ctx("dedup lookup", e))?
-        else {
+            .map_err(|e| ctx("dedup lookup", e))?;
+        self.dedup_found(found.as_deref(), now_ms)
+    }
+
+    /// [`Storage::dedup_lookup`] of many (conv, sender, cmid) keys, in their
+    /// order, in one RocksDB `MultiGet`: the memtables' and files' filters
+    /// are probed for all keys together, their cache misses overlapped.
+    pub fn dedup_lookup_many(
+        &self,
+        lookups: &[(&str, &str, &str)],
+        now_ms: u64,
+    ) -> Vec<Result<Option<(u64, u64)>, StorageError>> {
+        let cf = match self.cf(CF_DEDUP) {
+            Ok(cf) => cf,
+            Err(e) => return lookups.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let keys: Vec<Option<Vec<u8>>> = lookups
+            .iter()
+            .map(|(c, s, m)| keys::dedup_key(c.as_bytes(), s.as_bytes(), m.as_bytes()))
+            .collect();
+        // Such a sender can never have been recorded: not asked.
+        let mut found = self
+            .inner
+            .db
+            .batched_multi_get_cf(cf, keys.iter().flatten(), false)
+            .into_iter();
+        keys.iter()
+            .map(|k| match k {
+                None => Ok(None),
+                Some(_) => match found.next() {
+                    Some(Ok(v)) => self.dedup_found(v.as_deref(), now_ms),
+                    Some(Err(e)) => Err(ctx("dedup lookup", e)),
+                    None => Err(StorageError::Corrupt(
+                        "MultiGet answered too few keys".into(),
+                    )),
+                },
+            })
+            .collect()
+    }
+
+    /// A dedup row as read: its (seq, ts) unless expired at `now_ms`.
+    fn dedup_found(
+        &self,
+        v: Option<&[u8]>,
+        now_ms: u64,
+    ) -> Result<Option<(u64, u64)>, StorageError> {
+        let Some(v) = v else {
             return Ok(None);
         };
-        let (seq, ts) = keys::decode_dedup_value(&v)
+        let (seq, ts) = keys::decode_dedup_value(v)
             .ok_or_else(|| StorageError::Corrupt(format!("dedup value of {} bytes", v.len())))?;
         if now_ms.saturating_sub(ts) > self.inner.dedup_window_ms {
             return Ok(None);

@@ -154,6 +154,24 @@ fn dedup_lookup_honours_the_window() {
         None
     );
     assert_eq!(s.dedup_lookup(&ct, "al\0ice", "cm-1", ts).unwrap(), None);
+    // Many at once: the same answers, in order (the unaskable key included).
+    let asks = [
+        (ct.as_str(), "alice", "cm-1"),
+        (ct.as_str(), "al\0ice", "cm-1"),
+        (ct.as_str(), "alice", "cm-2"),
+        ("group:g", "alice", "cm-1"),
+        (ct.as_str(), "alice", "cm-1"),
+    ];
+    for now in [ts, ts + DEDUP_WINDOW_MS + 1] {
+        let many = s.dedup_lookup_many(&asks, now);
+        let one: Vec<_> = asks
+            .iter()
+            .map(|(c, u, m)| s.dedup_lookup(c, u, m, now))
+            .collect();
+        assert_eq!(many, one, "at {now}");
+    }
+    assert_eq!(s.dedup_lookup_many(&asks, ts)[4], Ok(Some((1, ts))));
+    assert!(s.dedup_lookup_many(&[], ts).is_empty());
 
     // The compaction filter removes the record for good (ts is far in the
     // past of the wall clock), even for a lookup that injects an old clock.

@@ -382,7 +382,56 @@ fn storage_err(e: StorageError) -> EngineError {
     )
 }
 
-pub(crate) fn on_send(shard: &Rc<Shard>, mut job: SendJob) {
+/// Most sends whose dedup rows are read in one `MultiGet` (a run of an
+/// inbox batch, [`on_sends`]).
+pub(crate) const SEND_RUN_MAX: usize = 256;
+
+/// A send's conversation text and dedup row, read ahead with its run.
+struct Prefetched {
+    text: Arc<str>,
+    found: Result<Option<(u64, u64)>, StorageError>,
+}
+
+/// Consecutive sends of one inbox batch (at most [`SEND_RUN_MAX`]): their
+/// dedup rows are read in one `MultiGet`, then each goes on as in
+/// [`on_send`], in order. Nothing else (no commit) is handled between the
+/// read and the sends, so a row the read did not see was either never
+/// stored or belongs to a send still in flight, which `in_flight` finds.
+pub(crate) fn on_sends(shard: &Rc<Shard>, jobs: Vec<SendJob>) {
+    debug_assert!(jobs.len() <= SEND_RUN_MAX);
+    let now = now_ms();
+    let texts: Vec<Option<Arc<str>>> = jobs
+        .iter()
+        .map(|j| j.dedup.then(|| j.conv.to_text().into()))
+        .collect();
+    let asks: Vec<(&str, &str, &str)> = jobs
+        .iter()
+        .zip(&texts)
+        .filter_map(|(j, t)| Some((&**t.as_ref()?, j.from.as_str(), j.cmid.as_str())))
+        .collect();
+    let mut found = shard
+        .shared
+        .storage
+        .dedup_lookup_many(&asks, now)
+        .into_iter();
+    drop(asks);
+    for (job, text) in jobs.into_iter().zip(texts) {
+        // (A missing answer cannot happen; the send would look up alone.)
+        let pre = text.and_then(|text| {
+            Some(Prefetched {
+                text,
+                found: found.next()?,
+            })
+        });
+        on_send_with(shard, job, pre);
+    }
+}
+
+pub(crate) fn on_send(shard: &Rc<Shard>, job: SendJob) {
+    on_send_with(shard, job, None)
+}
+
+fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
     debug_assert_eq!(
         owner_shard(&job.conv, shard.n_shards()),
         shard.idx,
@@ -458,7 +507,13 @@ pub(crate) fn on_send(shard: &Rc<Shard>, mut job: SendJob) {
     };
     let now = now_ms();
     // The group's shared text, or a dm's built once for this message.
-    let text: Arc<str> = text.unwrap_or_else(|| job.conv.to_text().into());
+    let (pre_text, pre_found) = match pre {
+        Some(p) => (Some(p.text), Some(p.found)),
+        None => (None, None),
+    };
+    let text: Arc<str> = text
+        .or(pre_text)
+        .unwrap_or_else(|| job.conv.to_text().into());
     let mut reply_to = job.reply;
     let dedup_hash = if job.dedup {
         let mut owner = shard.owner.borrow_mut();
@@ -473,7 +528,11 @@ pub(crate) fn on_send(shard: &Rc<Shard>, mut job: SendJob) {
         };
         reply_to = back;
         job.cmid = cmid;
-        match storage.dedup_lookup(&text, job.from.as_str(), &job.cmid, now) {
+        let found = match pre_found {
+            Some(f) => f,
+            None => storage.dedup_lookup(&text, job.from.as_str(), &job.cmid, now),
+        };
+        match found {
             Ok(Some((seq, ts))) => {
                 let ok = SendOk {
                     conv: job.conv,

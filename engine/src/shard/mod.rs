@@ -939,6 +939,30 @@ impl Shard {
 
     // ----- inbox ---------------------------------------------------------
 
+    /// One inbox batch, in order; a run of consecutive sends goes to the
+    /// owner together (one dedup `MultiGet`, `owner::on_sends`).
+    fn on_batch(self: &Rc<Self>, batch: Vec<ShardMsg>) {
+        let mut msgs = batch.into_iter().peekable();
+        while let Some(msg) = msgs.next() {
+            let ShardMsg::Send(job) = msg else {
+                self.on_msg(msg);
+                continue;
+            };
+            if !matches!(msgs.peek(), Some(ShardMsg::Send(_))) {
+                crate::owner::on_send(self, job);
+                continue;
+            }
+            let mut run = vec![job];
+            while run.len() < crate::owner::SEND_RUN_MAX {
+                match msgs.next_if(|m| matches!(m, ShardMsg::Send(_))) {
+                    Some(ShardMsg::Send(j)) => run.push(j),
+                    _ => break,
+                }
+            }
+            crate::owner::on_sends(self, run);
+        }
+    }
+
     fn on_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Adopt(a) => {
@@ -1108,9 +1132,7 @@ async fn inbox_loop(shard: Rc<Shard>, inbox: Inbox) {
             let Ok(batch) = inbox.rx.try_recv() else {
                 break;
             };
-            for msg in batch {
-                shard.on_msg(msg);
-            }
+            shard.on_batch(batch);
         }
         // Let sockets and the flusher run before the next batch.
         yield_now().await;

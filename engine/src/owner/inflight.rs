@@ -9,8 +9,9 @@
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
-use tern_proto::{ConvId, UserId};
+use tern_proto::UserId;
 
 use crate::mesh::ReplyTo;
 
@@ -28,7 +29,8 @@ pub(crate) struct Ticket {
 struct Slot {
     hash: u64,
     token: u64,
-    conv: ConvId,
+    /// The conversation's text, shared with the send's other uses of it.
+    conv: Arc<str>,
     from: UserId,
     cmid: String,
     waiters: Vec<Waiter>,
@@ -43,22 +45,16 @@ pub(crate) struct InFlight {
 
 impl InFlight {
     /// The hash of a key, for [`InFlight::wait`] and [`InFlight::insert`].
-    pub fn hash(&self, conv: &ConvId, from: &UserId, cmid: &str) -> u64 {
+    pub fn hash(&self, conv: &str, from: &UserId, cmid: &str) -> u64 {
         self.hasher.hash_one((conv, from, cmid))
     }
 
     /// If the key (conv, from, the waiter's cmid) is in flight, queue `w`
     /// for its outcome (`Ok`); else hand `w` back.
-    pub fn wait(
-        &mut self,
-        hash: u64,
-        conv: &ConvId,
-        from: &UserId,
-        w: Waiter,
-    ) -> Result<(), Waiter> {
+    pub fn wait(&mut self, hash: u64, conv: &str, from: &UserId, w: Waiter) -> Result<(), Waiter> {
         let cmid = w.1.as_str();
         let found = self.table.find_mut(hash, |s| {
-            s.hash == hash && s.conv == *conv && s.from == *from && s.cmid == cmid
+            s.hash == hash && *s.conv == *conv && s.from == *from && s.cmid == cmid
         });
         match found {
             Some(s) => {
@@ -75,7 +71,7 @@ impl InFlight {
         &mut self,
         hash: u64,
         token: u64,
-        conv: ConvId,
+        conv: Arc<str>,
         from: UserId,
         cmid: String,
     ) -> Ticket {
@@ -113,8 +109,8 @@ mod tests {
     use super::*;
     use crate::mesh::ReplyTo;
 
-    fn conv(s: &str) -> ConvId {
-        ConvId::parse(s).expect("conv")
+    fn conv(s: &str) -> Arc<str> {
+        s.into()
     }
     fn user(s: &str) -> UserId {
         UserId::parse(s).expect("user")

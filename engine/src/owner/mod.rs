@@ -236,7 +236,13 @@ fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError
     match (to, res) {
         (to, Ok(ok)) => {
             let text = ok.conv.to_text();
-            reply_ok(shard, to, cmid, ok, &text);
+            let stored = Stored {
+                conv: &ok.conv,
+                text: &text,
+                seq: ok.seq,
+                ts: ok.ts,
+            };
+            reply_ok(shard, to, cmid, &stored);
         }
         (ReplyTo::Conn(c), Err(e)) => {
             let frame = ServerFrame::SendErr {
@@ -253,21 +259,34 @@ fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError
 }
 
 /// [`reply`] with a success whose conversation text is at hand.
-fn reply_ok(shard: &Shard, to: ReplyTo, cmid: &str, ok: SendOk, text: &str) {
+fn reply_ok(shard: &Shard, to: ReplyTo, cmid: &str, ok: &Stored<'_>) {
     match to {
         ReplyTo::Conn(c) => {
             let frame = ServerFrame::SendAck {
                 cmid: cmid.to_owned(),
-                conv: text.to_owned(),
+                conv: ok.text.to_owned(),
                 seq: ok.seq,
                 ts: ok.ts,
             };
             shard.mesh_send(c.shard, ShardMsg::Reply { conn: c, frame });
         }
         ReplyTo::Http(tx) => {
-            let _ = tx.send(Ok(ok));
+            let _ = tx.send(Ok(SendOk {
+                conv: ok.conv.clone(),
+                seq: ok.seq,
+                ts: ok.ts,
+            }));
         }
     }
+}
+
+/// Where a message is stored, as a send's answer needs it: the id only
+/// for an HTTP caller, the text only for a connection.
+struct Stored<'a> {
+    conv: &'a ConvId,
+    text: &'a str,
+    seq: u64,
+    ts: u64,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
@@ -517,10 +536,10 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
     let mut reply_to = job.reply;
     let dedup_hash = if job.dedup {
         let mut owner = shard.owner.borrow_mut();
-        let h = owner.in_flight.hash(&job.conv, &job.from, &job.cmid);
+        let h = owner.in_flight.hash(&text, &job.from, &job.cmid);
         let w = owner
             .in_flight
-            .wait(h, &job.conv, &job.from, (reply_to, job.cmid));
+            .wait(h, &text, &job.from, (reply_to, job.cmid));
         drop(owner);
         let (back, cmid) = match w {
             Ok(()) => return,
@@ -534,12 +553,13 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
         };
         match found {
             Ok(Some((seq, ts))) => {
-                let ok = SendOk {
-                    conv: job.conv,
+                let stored = Stored {
+                    conv: &job.conv,
+                    text: &text,
                     seq,
                     ts,
                 };
-                return reply_ok(shard, reply_to, &job.cmid, ok, &text);
+                return reply_ok(shard, reply_to, &job.cmid, &stored);
             }
             Ok(None) => {}
             Err(e) => return reply(shard, reply_to, &job.cmid, Err(storage_err(e))),
@@ -599,7 +619,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
         shard.owner.borrow_mut().in_flight.insert(
             h,
             token,
-            job.conv.clone(),
+            text.clone(),
             job.from,
             job.cmid.clone(),
         )
@@ -738,15 +758,16 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                     if let Some(e) = event {
                         shard.shared.emit(*e);
                     }
-                    let ok = SendOk {
-                        conv: p.conv.clone(),
+                    let stored = Stored {
+                        conv: &p.conv,
+                        text: &p.text,
                         seq: p.seq,
                         ts: p.ts,
                     };
                     for (w, c) in waiters {
-                        reply_ok(shard, w, &c, ok.clone(), &p.text);
+                        reply_ok(shard, w, &c, &stored);
                     }
-                    reply_ok(shard, to, &cmid, ok, &p.text);
+                    reply_ok(shard, to, &cmid, &stored);
                 }
                 Then::Event {
                     code,

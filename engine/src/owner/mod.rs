@@ -231,20 +231,10 @@ impl Owner {
     }
 }
 
-/// Send the answer of a send to whoever asked.
-fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError>) {
-    match (to, res) {
-        (to, Ok(ok)) => {
-            let text = ok.conv.to_text();
-            let stored = Stored {
-                conv: &ok.conv,
-                text: &text,
-                seq: ok.seq,
-                ts: ok.ts,
-            };
-            reply_ok(shard, to, cmid, &stored);
-        }
-        (ReplyTo::Conn(c), Err(e)) => {
+/// Send a send's refusal to whoever asked.
+fn reply_err(shard: &Shard, to: ReplyTo, cmid: &str, e: EngineError) {
+    match to {
+        ReplyTo::Conn(c) => {
             let frame = ServerFrame::SendErr {
                 cmid: cmid.to_owned(),
                 code: e.code,
@@ -252,13 +242,13 @@ fn reply(shard: &Shard, to: ReplyTo, cmid: &str, res: Result<SendOk, EngineError
             };
             shard.mesh_send(c.shard, ShardMsg::Reply { conn: c, frame });
         }
-        (ReplyTo::Http(tx), Err(e)) => {
+        ReplyTo::Http(tx) => {
             let _ = tx.send(Err(e));
         }
     }
 }
 
-/// [`reply`] with a success whose conversation text is at hand.
+/// Send a send's success to whoever asked.
 fn reply_ok(shard: &Shard, to: ReplyTo, cmid: &str, ok: &Stored<'_>) {
     match to {
         ReplyTo::Conn(c) => {
@@ -472,14 +462,14 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
                 match storage.user_exists(u) {
                     Ok(true) => shard.owner.borrow_mut().remember_user(u),
                     Ok(false) => {
-                        return reply(
+                        return reply_err(
                             shard,
                             job.reply,
                             &job.cmid,
-                            Err(err(ErrorCode::NoSuchUser, format!("no user {u}"))),
+                            err(ErrorCode::NoSuchUser, format!("no user {u}")),
                         )
                     }
-                    Err(e) => return reply(shard, job.reply, &job.cmid, Err(storage_err(e))),
+                    Err(e) => return reply_err(shard, job.reply, &job.cmid, storage_err(e)),
                 }
             }
             (Recipients::Users(to), None)
@@ -489,28 +479,25 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
             match load_group(shard, &mut owner, g) {
                 Err(e) => {
                     drop(owner);
-                    return reply(shard, job.reply, &job.cmid, Err(e));
+                    return reply_err(shard, job.reply, &job.cmid, e);
                 }
                 Ok(None) => {
                     drop(owner);
-                    return reply(
+                    return reply_err(
                         shard,
                         job.reply,
                         &job.cmid,
-                        Err(err(ErrorCode::NoSuchGroup, format!("no group {g}"))),
+                        err(ErrorCode::NoSuchGroup, format!("no group {g}")),
                     );
                 }
                 Ok(Some(st)) => {
                     if job.from.as_str() != SYSTEM_USER && !st.members.contains(&job.from) {
                         drop(owner);
-                        return reply(
+                        return reply_err(
                             shard,
                             job.reply,
                             &job.cmid,
-                            Err(err(
-                                ErrorCode::NotMember,
-                                format!("{} is not in {g}", job.from),
-                            )),
+                            err(ErrorCode::NotMember, format!("{} is not in {g}", job.from)),
                         );
                     }
                     let large = st.members.len() > shard.shared.cfg.large_group_threshold;
@@ -562,7 +549,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
                 return reply_ok(shard, reply_to, &job.cmid, &stored);
             }
             Ok(None) => {}
-            Err(e) => return reply(shard, reply_to, &job.cmid, Err(storage_err(e))),
+            Err(e) => return reply_err(shard, reply_to, &job.cmid, storage_err(e)),
         }
         Some(h)
     } else {
@@ -570,7 +557,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
     };
     let seq = match next_seq(shard, &job.conv) {
         Ok(s) => s,
-        Err(e) => return reply(shard, reply_to, &job.cmid, Err(e)),
+        Err(e) => return reply_err(shard, reply_to, &job.cmid, e),
     };
     let msg = Msg {
         conv: String::from(&*text),
@@ -817,9 +804,9 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                     cmid, reply: to, ..
                 } => {
                     for (w, c) in waiters {
-                        reply(shard, w, &c, Err(e.clone()));
+                        reply_err(shard, w, &c, e.clone());
                     }
-                    reply(shard, to, &cmid, Err(e));
+                    reply_err(shard, to, &cmid, e);
                 }
                 Then::Event { reply: answer, .. } => {
                     if let Some((tx, _)) = answer {

@@ -944,22 +944,19 @@ impl Shard {
     fn on_batch(self: &Rc<Self>, batch: Vec<ShardMsg>) {
         let mut msgs = batch.into_iter().peekable();
         while let Some(msg) = msgs.next() {
-            let ShardMsg::Send(job) = msg else {
-                self.on_msg(msg);
-                continue;
-            };
-            if !matches!(msgs.peek(), Some(ShardMsg::Send(_))) {
-                crate::owner::on_send(self, job);
-                continue;
-            }
-            let mut run = vec![job];
-            while run.len() < crate::owner::SEND_RUN_MAX {
-                match msgs.next_if(|m| matches!(m, ShardMsg::Send(_))) {
-                    Some(ShardMsg::Send(j)) => run.push(j),
-                    _ => break,
+            match msg {
+                ShardMsg::Send(job) if matches!(msgs.peek(), Some(ShardMsg::Send(_))) => {
+                    let mut run = vec![job];
+                    while run.len() < crate::owner::SEND_RUN_MAX {
+                        match msgs.next_if(|m| matches!(m, ShardMsg::Send(_))) {
+                            Some(ShardMsg::Send(j)) => run.push(j),
+                            _ => break,
+                        }
+                    }
+                    crate::owner::on_sends(self, run);
                 }
+                msg => self.on_msg(msg),
             }
-            crate::owner::on_sends(self, run);
         }
     }
 

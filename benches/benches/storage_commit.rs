@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tern_proto::{ConvId, Entry, Kind, Msg, RawJson};
+use tern_proto::{ConvId, Entry, Kind, Msg, RawJson, UserId};
 use tern_storage::{
     CommitSink, Durability, Storage, StorageError, StorageOptions, StoredEntry, WriteOp,
     WriteRequest,
@@ -130,7 +130,7 @@ impl Db {
             op: WriteOp::Append {
                 conv: self.conv.clone(),
                 entry: StoredEntry::new(&self.conv, &Entry::Msg(msg)).expect("a valid entry"),
-                dedup: Some(("alice".into(), cmid)),
+                dedup: Some((UserId::parse("alice").expect("user id"), cmid)),
                 index_users: Vec::new(),
             },
         }

@@ -4,6 +4,7 @@
 //! first use, by whichever home shard needs it first, so a fan-out whose
 //! recipients all speak rkyv never pays for JSON (and the other way round).
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use tern_proto::{encode_server_into, ServerFrame, Subprotocol};
@@ -36,21 +37,44 @@ impl Encoded {
     }
 }
 
+/// The encode buffer a thread keeps between frames, so a frame costs one
+/// allocation (its `Arc`). One larger than this is dropped after use.
+const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// `frame` as one complete WebSocket frame (text for JSON, binary for rkyv).
-/// The payload is encoded after room for the largest header, the header is
-/// written just in front of it, and the frame is copied once into its `Arc`.
+/// The payload is encoded into the thread's scratch buffer after room for
+/// the largest header, the header is written just in front of it, and the
+/// frame is copied once into its `Arc`.
 pub fn ws_frame(sp: Subprotocol, frame: &ServerFrame) -> Arc<[u8]> {
     let opcode = match sp {
         Subprotocol::Json => OpCode::Text,
         Subprotocol::Rkyv => OpCode::Binary,
     };
-    let mut buf = Vec::with_capacity(256);
-    buf.resize(SERVER_HEADER_LEN_MAX, 0);
-    encode_server_into(sp, frame, &mut buf);
-    let (hdr, hdr_len) = frame_header(opcode, buf.len() - SERVER_HEADER_LEN_MAX);
-    let start = SERVER_HEADER_LEN_MAX - hdr_len;
-    buf[start..SERVER_HEADER_LEN_MAX].copy_from_slice(&hdr[..hdr_len]);
-    Arc::from(&buf[start..])
+    SCRATCH.with(|cell| {
+        // A frame encoded while another is (cannot happen: encoding calls
+        // no one back) would get a buffer of its own.
+        let mut own = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let buf = match guard.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut own,
+        };
+        buf.clear();
+        buf.resize(SERVER_HEADER_LEN_MAX, 0);
+        encode_server_into(sp, frame, buf);
+        let (hdr, hdr_len) = frame_header(opcode, buf.len() - SERVER_HEADER_LEN_MAX);
+        let start = SERVER_HEADER_LEN_MAX - hdr_len;
+        buf[start..SERVER_HEADER_LEN_MAX].copy_from_slice(&hdr[..hdr_len]);
+        let out = Arc::from(&buf[start..]);
+        if buf.capacity() > SCRATCH_KEEP_BYTES {
+            *buf = Vec::new();
+        }
+        out
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -84,25 +85,27 @@ fn check_charset_id(field: &'static str, s: &str) -> Result<(), IdError> {
     }
 }
 
-/// Defines a validated string newtype with the usual trait set. `$check`
-/// validates a `&str` and names the field in its error.
+/// Defines a validated string newtype with the usual trait set. The text is
+/// shared (`Arc<str>`): ids are cloned into every message, push and map
+/// they key, and a clone is a reference count instead of an allocation.
+/// `$check` validates a `&str` and names the field in its error.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $field:literal, $check:path) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `s` and wraps it.
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 $check($field, s)?;
-                Ok(Self(s.to_owned()))
+                Ok(Self(s.into()))
             }
 
-            /// Validates an owned string without copying it.
+            /// Validates an owned string and wraps it.
             pub fn from_string(s: String) -> Result<Self, IdError> {
                 $check($field, &s)?;
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
 
             /// The id as text.
@@ -110,9 +113,9 @@ macro_rules! id_type {
                 &self.0
             }
 
-            /// The id as an owned string.
+            /// The id as an owned string (a copy: the text is shared).
             pub fn into_string(self) -> String {
-                self.0
+                String::from(&*self.0)
             }
         }
 

@@ -81,7 +81,7 @@ pub enum WriteOp {
         /// The entry, with its seq and ts assigned, encoded.
         entry: StoredEntry,
         /// (sender, cmid) to remember for the dedup window.
-        dedup: Option<(String, String)>,
+        dedup: Option<(UserId, String)>,
         /// Users whose `convs` listing must include this conversation.
         index_users: Vec<UserId>,
     },
@@ -480,15 +480,16 @@ impl Writer {
         batch: &mut Batch,
         conv: &ConvId,
         entry: &StoredEntry,
-        dedup: Option<(String, String)>,
+        dedup: Option<(UserId, String)>,
         index_users: &[UserId],
     ) -> Result<(), StorageError> {
         let next = self.check_entry(batch, conv, entry.seq())?;
         let dedup_key = match &dedup {
             Some((sender, cmid)) => Some(
-                keys::dedup_key(&next.conv_key, sender.as_bytes(), cmid.as_bytes()).ok_or_else(
-                    || StorageError::Invalid(format!("sender {sender:?} contains 0x00")),
-                )?,
+                keys::dedup_key(&next.conv_key, sender.as_str().as_bytes(), cmid.as_bytes())
+                    .ok_or_else(|| {
+                        StorageError::Invalid(format!("sender {sender:?} contains 0x00"))
+                    })?,
             ),
             None => None,
         };

@@ -124,7 +124,7 @@ fn dedup_lookup_honours_the_window() {
         WriteOp::Append {
             conv: c.clone(),
             entry: stored(&c, 1, ts),
-            dedup: Some(("alice".into(), "cm-1".into())),
+            dedup: Some((tern_proto::UserId::parse("alice").unwrap(), "cm-1".into())),
             index_users: vec![],
         },
     ))
@@ -193,7 +193,7 @@ fn recent_dedup_records_survive_compaction() {
         WriteOp::Append {
             conv: c.clone(),
             entry: stored(&c, 1, ts),
-            dedup: Some(("system".into(), "x".into())),
+            dedup: Some((tern_proto::UserId::parse("system").unwrap(), "x".into())),
             index_users: vec![],
         },
     ))

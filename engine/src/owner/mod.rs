@@ -50,8 +50,8 @@ const KNOWN_USERS_MAX: usize = 1 << 20;
 
 /// Who gets an entry once it is durable.
 enum Recipients {
-    /// A dm's participants.
-    Users(Vec<UserId>),
+    /// A dm's participants (one push shares the slice).
+    Users(Arc<[UserId]>),
     /// A group's members, partitioned by home shard (shared slices).
     Parts {
         parts: Arc<Vec<Arc<[UserId]>>>,
@@ -159,7 +159,7 @@ pub(crate) struct PendingRead {
 
 /// Who gets a receipt.
 pub(crate) enum ReadRecipients {
-    Users(Vec<UserId>),
+    Users(Arc<[UserId]>),
     Parts(Arc<Vec<Arc<[UserId]>>>),
 }
 
@@ -249,11 +249,11 @@ fn reply_err(shard: &Shard, to: ReplyTo, cmid: &str, e: EngineError) {
 }
 
 /// Send a send's success to whoever asked.
-fn reply_ok(shard: &Shard, to: ReplyTo, cmid: &str, ok: &Stored<'_>) {
+fn reply_ok(shard: &Shard, to: ReplyTo, cmid: String, ok: &Stored<'_>) {
     match to {
         ReplyTo::Conn(c) => {
             let frame = ServerFrame::SendAck {
-                cmid: cmid.to_owned(),
+                cmid,
                 conv: ok.text.to_owned(),
                 seq: ok.seq,
                 ts: ok.ts,
@@ -287,18 +287,18 @@ fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
 }
 
 /// A dm's recipients: its participants other than `system`.
-fn dm_recipients(conv: &ConvId) -> Vec<UserId> {
+fn dm_recipients(conv: &ConvId) -> Arc<[UserId]> {
     match conv {
         ConvId::Dm { a, b } => {
-            let mut v = Vec::with_capacity(2);
-            for u in [a, b] {
-                if u.as_str() != SYSTEM_USER && !v.contains(u) {
-                    v.push(u.clone());
-                }
+            let keep = |u: &UserId| u.as_str() != SYSTEM_USER;
+            match (keep(a), keep(b) && b != a) {
+                (true, true) => Arc::new([a.clone(), b.clone()]),
+                (true, false) => Arc::new([a.clone()]),
+                (false, true) => Arc::new([b.clone()]),
+                (false, false) => Arc::new([]),
             }
-            v
         }
-        ConvId::Group(_) => Vec::new(),
+        ConvId::Group(_) => Arc::new([]),
     }
 }
 
@@ -452,7 +452,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
         ConvId::Dm { .. } => {
             let to = dm_recipients(&job.conv);
             // Every participant other than the sender must exist (no_such_user).
-            for u in &to {
+            for u in to.iter() {
                 if u == &job.from {
                     continue;
                 }
@@ -546,7 +546,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
                     seq,
                     ts,
                 };
-                return reply_ok(shard, reply_to, &job.cmid, &stored);
+                return reply_ok(shard, reply_to, job.cmid, &stored);
             }
             Ok(None) => {}
             Err(e) => return reply_err(shard, reply_to, &job.cmid, storage_err(e)),
@@ -583,7 +583,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
     });
     // The per-user conversation index needs writing once, with the first entry.
     let index_users = match (&recipients, seq) {
-        (Recipients::Users(to), 1) => to.clone(),
+        (Recipients::Users(to), 1) => to.to_vec(),
         _ => Vec::new(),
     };
     // Encoded for storage here, so the message moves on into its frame.
@@ -591,9 +591,7 @@ fn on_send_with(shard: &Rc<Shard>, mut job: SendJob, pre: Option<Prefetched>) {
     let op = StoredEntry::new(&job.conv, &entry).map(|entry| WriteOp::Append {
         conv: job.conv.clone(),
         entry,
-        dedup: job
-            .dedup
-            .then(|| (job.from.as_str().to_owned(), job.cmid.clone())),
+        dedup: job.dedup.then(|| (job.from.clone(), job.cmid.clone())),
         index_users,
     });
     let frame = Arc::new(Encoded::new(entry.into_frame()));
@@ -752,9 +750,9 @@ fn complete(shard: &Shard, token: u64, res: Result<(), StorageError>) {
                         ts: p.ts,
                     };
                     for (w, c) in waiters {
-                        reply_ok(shard, w, &c, &stored);
+                        reply_ok(shard, w, c, &stored);
                     }
-                    reply_ok(shard, to, &cmid, &stored);
+                    reply_ok(shard, to, cmid, &stored);
                 }
                 Then::Event {
                     code,
@@ -886,7 +884,7 @@ pub(crate) fn on_group_access(
                 ReadRecipients::Parts(parts)
             } else {
                 // Large group: only the reader's other devices.
-                ReadRecipients::Users(vec![user.clone()])
+                ReadRecipients::Users(Arc::new([user.clone()]))
             };
             if let Err(e) = store_read(
                 shard,

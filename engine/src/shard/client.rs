@@ -179,12 +179,10 @@ pub(super) fn on_frame(
                 user: user.as_str().to_owned(),
                 read_seq: seq,
             };
-            let mut to = vec![user.clone()];
-            if let Some(peer) = conv.dm_peer(&user) {
-                if peer != &user {
-                    to.push(peer.clone());
-                }
-            }
+            let to: Arc<[UserId]> = match conv.dm_peer(&user) {
+                Some(peer) if peer != &user => Arc::new([user.clone(), peer.clone()]),
+                _ => Arc::new([user.clone()]),
+            };
             let pending = PendingRead {
                 recipients: ReadRecipients::Users(to),
                 except: me,
@@ -211,7 +209,12 @@ pub(super) fn on_frame(
                         conv: conv.to_text(),
                         user: user.as_str().to_owned(),
                     };
-                    shard.push_users(vec![peer.clone()], None, Arc::new(Encoded::new(f)), None);
+                    shard.push_users(
+                        Arc::new([peer.clone()]),
+                        None,
+                        Arc::new(Encoded::new(f)),
+                        None,
+                    );
                 }
             }
         }

@@ -745,7 +745,7 @@ impl Shard {
     /// per home shard.
     pub fn push_users(
         &self,
-        users: Vec<UserId>,
+        users: Arc<[UserId]>,
         except: Option<ConnRef>,
         frame: Arc<Encoded>,
         track: Option<Arc<Tracked>>,
@@ -778,12 +778,12 @@ impl Shard {
             }
         };
         if let Some(h) = one_home {
-            return push(h, users.into());
+            return push(h, users);
         }
         let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
-        for u in users {
-            let h = crate::mesh::home_shard(&u, n);
-            by_home[h].push(u);
+        for u in users.iter() {
+            let h = crate::mesh::home_shard(u, n);
+            by_home[h].push(u.clone());
         }
         for (h, us) in by_home.into_iter().enumerate() {
             if !us.is_empty() {

@@ -15,7 +15,7 @@ use tern_proto::{
     decode_client, ClientFrame, DeviceId, ErrorCode, ServerFrame, Subprotocol, UserId,
 };
 
-use super::sockio::{self, recv_nb, sendv_nb, would_block, write_all};
+use super::sockio::{self, recv_nb, would_block, write_all};
 use super::{close_code, LocalNotify, Shard};
 use crate::conn_limit::{ConnPermit, Refused};
 use crate::encoded::ws_frame;
@@ -130,7 +130,7 @@ fn refuse(stream: &TcpStream, why: Refused) {
         body.len()
     );
     let fd = stream.as_raw_fd();
-    let _ = sendv_nb(fd, &[std::io::IoSlice::new(resp.as_bytes())]);
+    let _ = sockio::send_nb(fd, resp.as_bytes());
     // Half-close so the answer is not lost to a reset when the request is
     // still unread at close.
     sockio::shutdown(fd, libc::SHUT_WR);

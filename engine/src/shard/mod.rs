@@ -438,8 +438,8 @@ impl Shard {
             let head = &c.outq[0][c.out_head_off..];
             let sent = if c.outq.len() == 1 {
                 // The common case (one frame, e.g. a fan-out delivery):
-                // no 64-slot vector to fill.
-                sockio::sendv_nb(c.fd(), &[IoSlice::new(head)])
+                // no 64-slot vector to fill, no iovec to copy in.
+                sockio::send_nb(c.fd(), head)
             } else {
                 let mut iov = [IoSlice::new(&[]); WRITEV_IOVECS_MAX];
                 iov[0] = IoSlice::new(head);

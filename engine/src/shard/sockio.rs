@@ -18,6 +18,26 @@ pub fn recv_nb(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// `send` of one buffer without blocking and without SIGPIPE: `send(2)`
+/// takes the buffer as is, where `sendmsg(2)` first copies a `msghdr` and
+/// its iovec in from user memory.
+pub fn send_nb(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes for the whole call.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Gathered `send` without blocking and without SIGPIPE.
 pub fn sendv_nb(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: IoSlice is ABI-compatible with iovec; msg lives for the call.

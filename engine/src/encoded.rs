@@ -50,37 +50,64 @@ thread_local! {
 /// the largest header, the header is written just in front of it, and the
 /// frame is copied once into its `Arc`.
 pub fn ws_frame(sp: Subprotocol, frame: &ServerFrame) -> Arc<[u8]> {
+    let scratch = SCRATCH.try_with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        let out = ws_frame_in(&mut buf, sp, frame);
+        if buf.capacity() > SCRATCH_KEEP_BYTES {
+            *buf = Vec::new();
+        }
+        Some(out)
+    });
+    // Without the scratch buffer (a thread being torn down, or an encode
+    // inside an encode, which nothing does): a buffer of its own.
+    match scratch {
+        Ok(Some(out)) => out,
+        _ => ws_frame_in(&mut Vec::new(), sp, frame),
+    }
+}
+
+fn ws_frame_in(buf: &mut Vec<u8>, sp: Subprotocol, frame: &ServerFrame) -> Arc<[u8]> {
     let opcode = match sp {
         Subprotocol::Json => OpCode::Text,
         Subprotocol::Rkyv => OpCode::Binary,
     };
-    SCRATCH.with(|cell| {
-        // A frame encoded while another is (cannot happen: encoding calls
-        // no one back) would get a buffer of its own.
-        let mut own = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let buf = match guard.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => &mut own,
-        };
-        buf.clear();
-        buf.resize(SERVER_HEADER_LEN_MAX, 0);
-        encode_server_into(sp, frame, buf);
-        let (hdr, hdr_len) = frame_header(opcode, buf.len() - SERVER_HEADER_LEN_MAX);
-        let start = SERVER_HEADER_LEN_MAX - hdr_len;
-        buf[start..SERVER_HEADER_LEN_MAX].copy_from_slice(&hdr[..hdr_len]);
-        let out = Arc::from(&buf[start..]);
-        if buf.capacity() > SCRATCH_KEEP_BYTES {
-            *buf = Vec::new();
-        }
-        out
-    })
+    buf.clear();
+    buf.resize(SERVER_HEADER_LEN_MAX, 0);
+    encode_server_into(sp, frame, buf);
+    let (hdr, hdr_len) = frame_header(opcode, buf.len() - SERVER_HEADER_LEN_MAX);
+    let start = SERVER_HEADER_LEN_MAX - hdr_len;
+    buf[start..SERVER_HEADER_LEN_MAX].copy_from_slice(&hdr[..hdr_len]);
+    Arc::from(&buf[start..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ws::codec::{encode_frame, OpCode};
+
+    #[test]
+    fn scratch_buffer_is_kept_bounded_and_not_required() {
+        let small = ServerFrame::Pong { ts: 7 };
+        let big = ServerFrame::Error {
+            code: tern_proto::ErrorCode::BadRequest,
+            message: "x".repeat(2 * SCRATCH_KEEP_BYTES),
+        };
+        for sp in [Subprotocol::Json, Subprotocol::Rkyv] {
+            let want = ws_frame_in(&mut Vec::new(), sp, &small);
+            assert_eq!(ws_frame(sp, &small), want);
+            // Kept for the next frame.
+            assert!(SCRATCH.with(|c| c.borrow().capacity()) > 0);
+            let big_bytes = ws_frame(sp, &big);
+            assert!(big_bytes.len() > 2 * SCRATCH_KEEP_BYTES);
+            // Not kept: a large frame does not pin its buffer.
+            assert_eq!(SCRATCH.with(|c| c.borrow().capacity()), 0);
+            // Scratch busy: the same bytes from a buffer of its own.
+            SCRATCH.with(|c| {
+                let _held = c.borrow_mut();
+                assert_eq!(ws_frame(sp, &small), want);
+            });
+        }
+    }
 
     #[test]
     fn lazy_frames_equal_a_plain_encode_for_both_subprotocols() {

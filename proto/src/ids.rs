@@ -86,8 +86,8 @@ fn check_charset_id(field: &'static str, s: &str) -> Result<(), IdError> {
 }
 
 /// Defines a validated string newtype with the usual trait set. The text is
-/// shared (`Arc<str>`): ids are cloned into every message, push and map
-/// they key, and a clone is a reference count instead of an allocation.
+/// shared (`Arc<str>`): an id is cloned into messages, pushes and map keys,
+/// and a clone is a reference count instead of an allocation.
 /// `$check` validates a `&str` and names the field in its error.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $field:literal, $check:path) => {

@@ -1183,3 +1183,27 @@ fn push_member_plans(plans: &mut Vec<EventPlan>, added: Vec<UserId>, removed: Ve
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> UserId {
+        UserId::parse(s).expect("user id")
+    }
+
+    #[test]
+    fn dm_recipients_are_the_participants_once_without_system() {
+        let (alice, bob, system) = (user("alice"), user("bob"), user(SYSTEM_USER));
+        let names = |c: &ConvId| -> Vec<String> {
+            dm_recipients(c).iter().map(|u| u.to_string()).collect()
+        };
+        assert_eq!(names(&ConvId::dm(&alice, &bob)), ["alice", "bob"]);
+        assert_eq!(names(&ConvId::dm(&alice, &alice)), ["alice"]);
+        assert_eq!(names(&ConvId::dm(&system, &bob)), ["bob"]);
+        assert_eq!(names(&ConvId::dm(&alice, &system)), ["alice"]);
+        assert!(names(&ConvId::dm(&system, &system)).is_empty());
+        let g = ConvId::Group(tern_proto::GroupId::parse("g").expect("group id"));
+        assert!(names(&g).is_empty());
+    }
+}

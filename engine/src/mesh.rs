@@ -36,6 +36,19 @@ pub fn home_shard(user: &UserId, n_shards: usize) -> ShardIdx {
     (route_hash(user.as_str()) % n_shards as u64) as ShardIdx
 }
 
+/// `users` partitioned by home shard: entry `h` holds those living on shard
+/// `h`, in the order given.
+pub fn by_home_shard<'a>(
+    users: impl IntoIterator<Item = &'a UserId>,
+    n_shards: usize,
+) -> Vec<Vec<UserId>> {
+    let mut by_home: Vec<Vec<UserId>> = (0..n_shards).map(|_| Vec::new()).collect();
+    for u in users {
+        by_home[home_shard(u, n_shards)].push(u.clone());
+    }
+    by_home
+}
+
 /// The owner shard of a conversation: it alone assigns seqs.
 pub fn owner_shard(conv: &ConvId, n_shards: usize) -> ShardIdx {
     debug_assert!(n_shards > 0, "no shards");
@@ -269,5 +282,29 @@ impl Mesh {
     /// Register the shard's inbox task for wakeups.
     pub fn register(&self, shard: ShardIdx, waker: &std::task::Waker) {
         self.doors[shard].waker.register(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_home_shard_puts_each_user_on_its_home_in_order() {
+        let users: Vec<UserId> = (0..200)
+            .map(|i| UserId::parse(&format!("u{i}")).expect("user id"))
+            .collect();
+        for n in [1, 2, 7] {
+            let parts = by_home_shard(&users, n);
+            assert_eq!(parts.len(), n);
+            for (h, part) in parts.iter().enumerate() {
+                assert!(part.iter().all(|u| home_shard(u, n) == h));
+            }
+            let mut want: Vec<Vec<UserId>> = vec![Vec::new(); n];
+            for u in &users {
+                want[home_shard(u, n)].push(u.clone());
+            }
+            assert_eq!(parts, want, "every user once, in the order given");
+        }
     }
 }

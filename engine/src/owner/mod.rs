@@ -22,7 +22,7 @@ use crate::encoded::Encoded;
 use crate::handle::{EngineError, GroupRecord, SendOk};
 use crate::hooks::{BeforeSendRequest, EngineEvent, Verdict};
 use crate::mesh::{
-    home_shard, owner_shard, ConnRef, GroupAccess, GroupOp, GroupOpReply, ReplyTo, SendJob,
+    by_home_shard, owner_shard, ConnRef, GroupAccess, GroupOp, GroupOpReply, ReplyTo, SendJob,
     ShardMsg, Tracked,
 };
 use crate::shard::Shard;
@@ -107,10 +107,7 @@ impl GroupState {
         if let Some(p) = &self.parts {
             return p.clone();
         }
-        let mut by_home: Vec<Vec<UserId>> = (0..n_shards).map(|_| Vec::new()).collect();
-        for u in &self.members {
-            by_home[home_shard(u, n_shards)].push(u.clone());
-        }
+        let by_home = by_home_shard(&self.members, n_shards);
         let p: Arc<Vec<Arc<[UserId]>>> = Arc::new(by_home.into_iter().map(Into::into).collect());
         self.parts = Some(p.clone());
         p

@@ -780,11 +780,7 @@ impl Shard {
         if let Some(h) = one_home {
             return push(h, users);
         }
-        let mut by_home: Vec<Vec<UserId>> = (0..n).map(|_| Vec::new()).collect();
-        for u in users.iter() {
-            let h = crate::mesh::home_shard(u, n);
-            by_home[h].push(u.clone());
-        }
+        let by_home = crate::mesh::by_home_shard(users.iter(), n);
         for (h, us) in by_home.into_iter().enumerate() {
             if !us.is_empty() {
                 push(h, us.into());

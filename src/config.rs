@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// With fsync: least µs between the starts of two WAL syncs; under load a commit waits so more messages share one sync [default: 1000].
     #[arg(long, value_name = "US")]
     pub sync_interval_us: Option<u64>,
+    /// Least µs between two polls of a shard's sockets while it is woken faster than that; under load one pass then reads many sockets [default: 1000].
+    #[arg(long, value_name = "US")]
+    pub read_coalesce_us: Option<u64>,
     /// Largest client frame in bytes; larger closes with 1009 [default: 65536].
     #[arg(long, value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
@@ -103,6 +106,7 @@ struct FileConfig {
     shards: Option<usize>,
     durability: Option<String>,
     sync_interval_us: Option<u64>,
+    read_coalesce_us: Option<u64>,
     max_frame_bytes: Option<usize>,
     heartbeat_ms: Option<u64>,
     ack_timeout_ms: Option<u64>,
@@ -178,6 +182,7 @@ pub struct Settings {
     pub shards: usize,
     pub durability: Durability,
     pub sync_interval_us: u64,
+    pub read_coalesce_us: u64,
     pub max_frame_bytes: usize,
     pub heartbeat_ms: u64,
     pub ack_timeout_ms: u64,
@@ -292,6 +297,10 @@ impl Settings {
                 .sync_interval_us
                 .or(f.sync_interval_us)
                 .unwrap_or(SYNC_INTERVAL_US_DEFAULT),
+            read_coalesce_us: a
+                .read_coalesce_us
+                .or(f.read_coalesce_us)
+                .unwrap_or(tern_engine::config::READ_COALESCE_DEFAULT.as_micros() as u64),
             max_frame_bytes: a.max_frame_bytes.or(f.max_frame_bytes).unwrap_or(64 * 1024),
             heartbeat_ms: a.heartbeat_ms.or(f.heartbeat_ms).unwrap_or(30_000),
             ack_timeout_ms: a.ack_timeout_ms.or(f.ack_timeout_ms).unwrap_or(10_000),
@@ -348,6 +357,10 @@ impl Settings {
         let sync_max = tern_storage::SYNC_INTERVAL_MAX.as_micros();
         if u128::from(s.sync_interval_us) > sync_max {
             bail!("sync_interval_us must be 0..={sync_max}");
+        }
+        let coalesce_max = tern_engine::config::READ_COALESCE_MAX.as_micros();
+        if u128::from(s.read_coalesce_us) > coalesce_max {
+            bail!("read_coalesce_us must be 0..={coalesce_max}");
         }
         if s.send_rate_per_s == 0 || s.send_burst == 0 {
             bail!("send_rate_per_s and send_burst must be at least 1");

@@ -140,6 +140,7 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
         None
     };
     ecfg.large_group_threshold = cfg.large_group_threshold;
+    ecfg.read_coalesce = std::time::Duration::from_micros(cfg.read_coalesce_us);
     ecfg.send_rate_per_s = cfg.send_rate_per_s;
     ecfg.send_burst = cfg.send_burst;
     ecfg.shards = cfg.shards;

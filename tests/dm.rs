@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::{json, Value};
 use tern_proto::Subprotocol;
@@ -119,8 +121,50 @@ async fn send_is_acked_and_reaches_every_device_but_the_sending_one() {
 
 #[tokio::test]
 async fn hundred_sends_get_consecutive_seqs_and_arrive_in_order() {
+    hundred_sends_in_order(&[]).await;
+}
+
+/// The same with the largest read coalescing window: every read of a
+/// socket set waits up to 10 ms under load, and nothing is lost or reordered.
+#[tokio::test]
+async fn hundred_sends_arrive_in_order_with_the_largest_read_coalescing() {
+    hundred_sends_in_order(&["--read-coalesce-us", "10000"]).await;
+}
+
+/// Read coalescing is in force: a send made right after the previous one
+/// was answered is read no sooner than one window after the read of the
+/// previous one. (A lower bound, so a slow machine cannot fail it; without
+/// coalescing the pair takes well under the window here.)
+#[tokio::test]
+async fn a_read_soon_after_another_waits_for_the_coalescing_window() {
+    const WINDOW: Duration = Duration::from_millis(10);
+    let s = Server::start(&["--read-coalesce-us", "10000", "--durability", "none"]).await;
+    let (a, b) = names(0);
+    s.put_users(&[&a, &b]).await;
+    let mut alice = s.login(Subprotocol::Json, &a, "phone").await;
+    for round in 0..3 {
+        // A quiet spell longer than the window, so the first read is at once.
+        tokio::time::sleep(2 * WINDOW).await;
+        let t0 = Instant::now();
+        for k in 0..2 {
+            let cmid = format!("r{round}k{k}");
+            alice
+                .send(&json!({ "type": "send", "cmid": cmid, "to": format!("user:{b}"), "kind": "text", "body": "x" }))
+                .await;
+            let ack = alice.answer_to(&cmid).await;
+            assert_eq!(ack["type"], "send_ack", "{ack}");
+        }
+        let took = t0.elapsed();
+        assert!(
+            took >= WINDOW,
+            "round {round}: two sends answered in {took:?}"
+        );
+    }
+}
+
+async fn hundred_sends_in_order(args: &[&str]) {
     const N: u64 = 100;
-    let s = Server::start(&[]).await;
+    let s = Server::start(args).await;
     for (i, (sa, sb)) in PAIRS.into_iter().enumerate() {
         let (a, b) = names(i);
         s.put_users(&[&a, &b]).await;

@@ -441,6 +441,20 @@ async fn a_corrupt_or_missing_database_is_a_clear_error_never_a_new_one() {
 }
 
 #[test]
+fn a_read_coalesce_window_above_its_limit_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let (code, err) = start_fails(&data, &["--read-coalesce-us", "10001"]);
+    assert_ne!(
+        code,
+        Some(0),
+        "started with a bad read coalesce window: {err}"
+    );
+    assert!(err.contains("read_coalesce_us must be 0..=10000"), "{err}");
+    assert!(!data.join("db").exists(), "a database was created: {err}");
+}
+
+#[test]
 fn a_sync_interval_above_its_limit_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");

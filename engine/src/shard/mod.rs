@@ -18,6 +18,7 @@ mod accept;
 mod activity;
 mod client;
 pub mod conn;
+mod pacer;
 mod prefetch;
 pub(crate) use client::{authorize_send, sync_job};
 mod poller;
@@ -32,7 +33,7 @@ use std::io::IoSlice;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -1152,9 +1153,11 @@ async fn yield_now() {
 const POLLS_PER_WAKE_MAX: usize = 4;
 
 /// Every connection's reads (and write wakeups): one wait for the epoll set,
-/// then batches of ready sockets handled in place.
+/// then batches of ready sockets handled in place. Under load the polls are
+/// paced (`pacer`): at most one per `read_coalesce` window.
 async fn socket_loop(shard: Rc<Shard>) {
     let mut ready = Vec::with_capacity(poller::EVENTS_PER_POLL);
+    let mut pacer = pacer::PollPacer::new(shard.shared.cfg.read_coalesce);
     loop {
         if let Err(e) = shard.poller.wait().await {
             // Not expected for an epoll fd; don't spin on it.
@@ -1162,6 +1165,11 @@ async fn socket_loop(shard: Rc<Shard>) {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
+        let delay = pacer.delay(Instant::now());
+        if !delay.is_zero() {
+            monoio::time::sleep(delay).await;
+        }
+        pacer.polled(Instant::now());
         for _ in 0..POLLS_PER_WAKE_MAX {
             let more = match shard.poller.poll(&mut ready) {
                 Ok(more) => more,

@@ -1170,6 +1170,7 @@ async fn socket_loop(shard: Rc<Shard>) {
             monoio::time::sleep(delay).await;
         }
         pacer.polled(Instant::now());
+        let mut left_ready = false;
         for _ in 0..POLLS_PER_WAKE_MAX {
             let more = match shard.poller.poll(&mut ready) {
                 Ok(more) => more,
@@ -1186,10 +1187,12 @@ async fn socket_loop(shard: Rc<Shard>) {
                     reader::on_readable(&shard, r.slot, r.gen);
                 }
             }
+            left_ready = more;
             if !more {
                 break;
             }
         }
+        pacer.passed(left_ready);
         // Let the inbox and the flusher run before the next batch.
         yield_now().await;
     }

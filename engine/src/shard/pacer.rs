@@ -18,18 +18,27 @@ pub struct PollPacer {
     window: Duration,
     /// When the previous poll began; `None` before the first.
     last: Option<Instant>,
+    /// The previous pass stopped at its bound with sockets still ready:
+    /// the batch is already full, so waiting would only add latency.
+    backlog: bool,
 }
 
 impl PollPacer {
     /// A pacer with this window; a zero window never delays a poll.
     pub fn new(window: Duration) -> PollPacer {
-        PollPacer { window, last: None }
+        PollPacer {
+            window,
+            last: None,
+            backlog: false,
+        }
     }
 
     /// How long to wait, at `now`, before the next poll: the rest of the
-    /// window begun by the previous poll, or zero if it has passed.
+    /// window begun by the previous poll, or zero if it has passed or if
+    /// the previous pass left ready sockets behind.
     pub fn delay(&self, now: Instant) -> Duration {
         match self.last {
+            Some(_) if self.backlog => Duration::ZERO,
             Some(last) => self
                 .window
                 .saturating_sub(now.saturating_duration_since(last)),
@@ -41,6 +50,12 @@ impl PollPacer {
     pub fn polled(&mut self, at: Instant) {
         debug_assert!(self.last.is_none_or(|l| at >= l), "time went back");
         self.last = Some(at);
+    }
+
+    /// The pass that began at the last [`PollPacer::polled`] ended;
+    /// `left_ready`: it stopped at its bound with sockets still ready.
+    pub fn passed(&mut self, left_ready: bool) {
+        self.backlog = left_ready;
     }
 }
 
@@ -70,6 +85,19 @@ mod tests {
         // The next window starts at the next poll, not at the wake.
         p.polled(t0 + MS);
         assert_eq!(p.delay(t0 + MS + MS / 2), MS / 2);
+    }
+
+    #[test]
+    fn a_pass_that_left_sockets_ready_does_not_wait() {
+        let t0 = Instant::now();
+        let mut p = PollPacer::new(MS);
+        p.polled(t0);
+        p.passed(true);
+        assert_eq!(p.delay(t0 + MS / 4), Duration::ZERO);
+        // Once a pass drains the set, pacing resumes.
+        p.polled(t0 + MS / 4);
+        p.passed(false);
+        assert_eq!(p.delay(t0 + MS / 2), MS * 3 / 4);
     }
 
     #[test]

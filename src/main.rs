@@ -151,6 +151,11 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     ecfg.pin_cores = cfg.pin_cores;
     ecfg.max_conns = cfg.max_conns;
     ecfg.max_conns_per_ip = cfg.max_conns_per_ip;
+    // The WSS relay's connections reach the engine from one local address;
+    // the relay limits each client by its real one instead.
+    if tls.wss.is_some() {
+        ecfg.per_ip_exempt = Some(tern_tls::loopback_if_unspecified(cfg.ws_addr).ip());
+    }
     let engine = tern_engine::Engine::start(ecfg, storage).context("cannot start the engine")?;
 
     let gateway = tern_gateway_http::start(
@@ -170,8 +175,14 @@ fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
     .context("cannot start the HTTP gateway")?;
     let relay = match &tls.wss {
         Some((addr, server, connections_max)) => Some(
-            tern_tls::WsRelay::start(*addr, engine.ws_addr(), server.clone(), *connections_max)
-                .context("cannot start the WSS relay")?,
+            tern_tls::WsRelay::start(
+                *addr,
+                engine.ws_addr(),
+                server.clone(),
+                *connections_max,
+                Some(per_ip_admission(cfg.max_conns_per_ip)),
+            )
+            .context("cannot start the WSS relay")?,
         ),
         None => None,
     };
@@ -233,4 +244,18 @@ fn tls_configs(t: Option<&config::TlsSettings>) -> anyhow::Result<TlsConfigs> {
         out.wss = Some((addr, server, t.connections_max));
     }
     Ok(out)
+}
+
+/// The WSS relay's admission: at most `max_per_ip` live connections from
+/// one client address (the engine's own count, by source address, would
+/// see every relayed client as the relay). The relay's `connections_max`
+/// bounds the total.
+fn per_ip_admission(max_per_ip: usize) -> tern_tls::Admit {
+    let limiter = tern_engine::conn_limit::ConnLimiter::new(usize::MAX, max_per_ip, None);
+    std::sync::Arc::new(move |ip| {
+        limiter
+            .try_acquire(ip)
+            .ok()
+            .map(|permit| Box::new(permit) as Box<dyn Send + Sync>)
+    })
 }

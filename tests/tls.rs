@@ -119,14 +119,32 @@ type Wss = WebSocketStream<TlsStream<TcpStream>>;
 /// TLS handshake (verifying the test certificate for 127.0.0.1), then the
 /// WebSocket upgrade offering `tern.v1.json`.
 async fn wss_connect(pki: &Pki, addr: SocketAddr) -> Wss {
+    wss_connect_from(pki, addr, None)
+        .await
+        .expect("TLS handshake")
+}
+
+/// [`wss_connect`] from a chosen local address; a failed TLS handshake
+/// (the server closed the socket) is returned, anything else panics.
+async fn wss_connect_from(
+    pki: &Pki,
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+) -> std::io::Result<Wss> {
     let connector = tokio_rustls::TlsConnector::from(pki.client_config(&[b"http/1.1"]));
-    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let tcp = match from {
+        None => TcpStream::connect(addr).await.expect("tcp connect"),
+        Some(ip) => {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(SocketAddr::new(ip, 0)).expect("bind source");
+            sock.connect(addr).await.expect("tcp connect")
+        }
+    };
     tcp.set_nodelay(true).expect("nodelay");
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("server name");
     let tls = tokio::time::timeout(REPLY, connector.connect(name, tcp))
         .await
-        .expect("TLS handshake timed out")
-        .expect("TLS handshake");
+        .expect("TLS handshake timed out")?;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(&b"http/1.1"[..]),
@@ -149,7 +167,7 @@ async fn wss_connect(pki: &Pki, addr: SocketAddr) -> Wss {
             .and_then(|h| h.to_str().ok()),
         Some(JSON_PROTO)
     );
-    ws
+    Ok(ws)
 }
 
 async fn send_json(ws: &mut Wss, v: Value) {
@@ -363,6 +381,48 @@ async fn wss_auth_send_receive_ack_and_close() {
     .await;
     assert_eq!(st, 200, "kick: {v}");
     assert_eq!(close_code(&mut b).await, Some(4409));
+}
+
+/// The per-IP limit applies to each WSS client's own address, not to the
+/// relay's: with 2 per IP, two clients from each of two addresses all get
+/// through (the engine sees the four as one local address), a third from
+/// one address is refused before the TLS handshake, and closing one of its
+/// connections lets it in again.
+#[tokio::test]
+async fn wss_clients_are_limited_per_ip_by_their_own_address() {
+    let pki = Pki::new();
+    let (_s, wss, _https) = tls_server(&pki, &["--max-conns-per-ip", "2"]).await;
+    let a: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let b: std::net::IpAddr = "127.0.0.3".parse().expect("ip");
+    let mut live = Vec::new();
+    for ip in [a, a, b, b] {
+        let ws = wss_connect_from(&pki, wss, Some(ip)).await;
+        live.push(ws.unwrap_or_else(|e| panic!("connection {} from {ip}: {e}", live.len() + 1)));
+    }
+    let refused = wss_connect_from(&pki, wss, Some(a)).await;
+    assert!(refused.is_err(), "a third connection from {a} got through");
+    // Each admitted one is a working session: an unknown token is refused
+    // by the engine, which means the upgrade reached it.
+    for ws in &mut live {
+        send_json(
+            ws,
+            json!({"type": "auth", "token": "forged", "device": "d"}),
+        )
+        .await;
+        assert_eq!(next_json(ws).await["code"], "unauthorized");
+    }
+    // The engine closes them (4401); once the relay sees the end of one of
+    // a's, its count drops and a may connect again.
+    let first = live.remove(0);
+    drop(first);
+    let deadline = Instant::now() + REPLY;
+    loop {
+        match wss_connect_from(&pki, wss, Some(a)).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "{a} still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Engine settings that a deployment tunes (`tern serve` flags / TOML keys).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::token::TokenKey;
@@ -42,6 +42,10 @@ pub struct EngineConfig {
     pub max_conns: usize,
     /// The same, per source IP address.
     pub max_conns_per_ip: usize,
+    /// The source address of the in-process WSS relay's connections: they
+    /// count towards `max_conns` but not per IP, since the relay limits each
+    /// client by its real address. `None` without a relay.
+    pub per_ip_exempt: Option<IpAddr>,
     /// Least time between two polls of a shard's socket set while it is
     /// woken faster than that (`shard::pacer`): readiness that arrives
     /// sooner waits, so one pass reads many sockets. Zero polls on every
@@ -88,6 +92,7 @@ impl EngineConfig {
             before_send: None,
             max_conns: MAX_CONNS_DEFAULT,
             max_conns_per_ip: MAX_CONNS_PER_IP_DEFAULT,
+            per_ip_exempt: None,
             read_coalesce: READ_COALESCE_DEFAULT,
         }
     }

@@ -9,6 +9,11 @@
 //!
 //! Pending handshakes count: a slowloris from one address is capped by the
 //! per-IP limit like established connections are.
+//!
+//! One address may be exempt from the per-IP count (still counted in the
+//! total): the in-process WSS relay's, whose connections all come from it;
+//! the relay applies the per-IP limit to each client's real address with
+//! a limiter of its own.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +26,8 @@ use hashbrown::HashMap;
 pub struct ConnLimiter {
     max_total: usize,
     max_per_ip: usize,
+    /// Counted in the total only.
+    exempt: Option<IpAddr>,
     total: AtomicUsize,
     /// Source address → connections from it (entries with 0 are removed, so
     /// the map is bounded by the connections themselves).
@@ -41,10 +48,12 @@ pub enum Refused {
 impl ConnLimiter {
     /// Limits of at least 1 each (0 is taken as 1: a limit of nothing would
     /// make the server unusable, and config validation refuses it anyway).
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<ConnLimiter> {
+    /// `exempt`: an address counted in the total only.
+    pub fn new(max_total: usize, max_per_ip: usize, exempt: Option<IpAddr>) -> Arc<ConnLimiter> {
         Arc::new(ConnLimiter {
             max_total: max_total.max(1),
             max_per_ip: max_per_ip.max(1),
+            exempt: exempt.map(canonical),
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
         })
@@ -58,6 +67,10 @@ impl ConnLimiter {
         if prev >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::Total);
+        }
+        if self.exempt == Some(ip) {
+            // `release` finds no map entry for it and gives back the total.
+            return Ok(ConnPermit(Box::new((self.clone(), ip))));
         }
         let mut map = match self.per_ip.lock() {
             Ok(m) => m,
@@ -127,7 +140,7 @@ mod tests {
 
     #[test]
     fn per_ip_and_total_limits() {
-        let l = ConnLimiter::new(5, 2);
+        let l = ConnLimiter::new(5, 2, None);
         let a1 = l.try_acquire(ip("127.0.0.2")).unwrap();
         let _a2 = l.try_acquire(ip("127.0.0.2")).unwrap();
         assert_eq!(l.try_acquire(ip("127.0.0.2")).unwrap_err(), Refused::PerIp);
@@ -148,8 +161,27 @@ mod tests {
     }
 
     #[test]
+    fn the_exempt_address_counts_in_the_total_only() {
+        let l = ConnLimiter::new(4, 1, Some(ip("127.0.0.1")));
+        let relayed: Vec<_> = (0..3)
+            .map(|_| l.try_acquire(ip("127.0.0.1")).unwrap())
+            .collect();
+        // The mapped form is exempt too.
+        let mapped = l.try_acquire(ip("::ffff:127.0.0.1")).unwrap();
+        assert_eq!(l.total(), 4);
+        assert!(l.per_ip.lock().unwrap().is_empty());
+        assert_eq!(l.try_acquire(ip("127.0.0.1")).unwrap_err(), Refused::Total);
+        drop(relayed);
+        drop(mapped);
+        assert_eq!(l.total(), 0);
+        // Any other address still has the per-IP limit.
+        let _b = l.try_acquire(ip("127.0.0.2")).unwrap();
+        assert_eq!(l.try_acquire(ip("127.0.0.2")).unwrap_err(), Refused::PerIp);
+    }
+
+    #[test]
     fn released_addresses_leave_the_map() {
-        let l = ConnLimiter::new(100, 100);
+        let l = ConnLimiter::new(100, 100, None);
         let permits: Vec<_> = (1..=50)
             .map(|i| l.try_acquire(ip(&format!("10.0.0.{i}"))).unwrap())
             .collect();

@@ -103,7 +103,11 @@ impl Engine {
         let readers = ReaderPool::start(READER_THREADS);
         let stats = Stats::new(n);
         let pin = cfg.pin_cores;
-        let conn_limit = crate::conn_limit::ConnLimiter::new(cfg.max_conns, cfg.max_conns_per_ip);
+        let conn_limit = crate::conn_limit::ConnLimiter::new(
+            cfg.max_conns,
+            cfg.max_conns_per_ip,
+            cfg.per_ip_exempt,
+        );
         let shared = Arc::new(Shared {
             cfg,
             mesh,

@@ -291,7 +291,7 @@ fn start_with<E: engine::Engine>(
         Some(t) => {
             let _guard = rt.enter();
             Some(
-                tern_tls::TlsListener::bind(t.addr, t.server.clone(), t.connections_max)
+                tern_tls::TlsListener::bind(t.addr, t.server.clone(), t.connections_max, None)
                     .map_err(GatewayError::Tls)?,
             )
         }

@@ -33,9 +33,9 @@ mod listener;
 mod pem;
 mod relay;
 
-pub use listener::{bind_tcp, TlsConn, TlsListener};
+pub use listener::{bind_tcp, Admit, TlsConn, TlsListener};
 pub use pem::{server_config, Alpn};
-pub use relay::WsRelay;
+pub use relay::{loopback_if_unspecified, WsRelay};
 /// The rustls version the configs are built with, for callers that name
 /// its types.
 pub use rustls;

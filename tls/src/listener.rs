@@ -36,6 +36,12 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// so a full fd table does not turn the loop into a busy spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// Admission by source address, asked after `accept` and before the TLS
+/// handshake: `None` refuses (the socket is closed at once); `Some(guard)`
+/// admits, and the guard lives as long as the connection (a per-IP count
+/// is given back when it drops).
+pub type Admit = Arc<dyn Fn(std::net::IpAddr) -> Option<Box<dyn Send + Sync>> + Send + Sync>;
+
 /// A TCP listener whose connections come out TLS-handshaken.
 ///
 /// Binding starts a task (on the current tokio runtime) that accepts, takes
@@ -57,6 +63,7 @@ impl TlsListener {
         addr: SocketAddr,
         config: Arc<rustls::ServerConfig>,
         connections_max: usize,
+        admit: Option<Admit>,
     ) -> Result<TlsListener, TlsError> {
         let bind_err = |source| TlsError::Bind { addr, source };
         let listener = bind_tcp(addr).map_err(bind_err)?;
@@ -68,6 +75,7 @@ impl TlsListener {
             listener,
             TlsAcceptor::from(config),
             connections.clone(),
+            admit,
             tx,
         ));
         Ok(TlsListener {
@@ -148,6 +156,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     connections: Arc<Semaphore>,
+    admit: Option<Admit>,
     tx: mpsc::Sender<(TlsConn, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
@@ -175,6 +184,16 @@ async fn accept_loop(
                 continue;
             }
         };
+        let admission = match &admit {
+            None => None,
+            Some(f) => match f(peer.ip()) {
+                Some(guard) => Some(guard),
+                None => {
+                    tracing::debug!(%peer, "TLS connection refused: too many from this address");
+                    continue; // dropping `tcp` closes it
+                }
+            },
+        };
         // WebSocket frames and small JSON answers must not wait for Nagle.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("TCP_NODELAY: {e}");
@@ -189,6 +208,7 @@ async fn accept_loop(
                     let conn = TlsConn {
                         inner: tls,
                         _permit: conn_permit,
+                        _admission: admission,
                     };
                     // A closed receiver means the listener is gone: the
                     // connection is dropped (closed) here.
@@ -206,6 +226,8 @@ async fn accept_loop(
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     _permit: OwnedSemaphorePermit,
+    /// The [`Admit`] guard, if the listener has a hook.
+    _admission: Option<Box<dyn Send + Sync>>,
 }
 
 impl AsyncRead for TlsConn {

@@ -60,6 +60,7 @@ impl WsRelay {
         upstream: SocketAddr,
         config: Arc<rustls::ServerConfig>,
         connections_max: usize,
+        admit: Option<crate::listener::Admit>,
     ) -> Result<WsRelay, TlsError> {
         let upstream = loopback_if_unspecified(upstream);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +72,7 @@ impl WsRelay {
             .map_err(TlsError::Runtime)?;
         let listener = {
             let _guard = rt.enter();
-            TlsListener::bind(addr, config, connections_max)?
+            TlsListener::bind(addr, config, connections_max, admit)?
         };
         let local_addr = listener.local_addr();
         let (stop, stop_rx) = watch::channel(false);
@@ -115,7 +116,10 @@ impl Drop for WsRelay {
     }
 }
 
-fn loopback_if_unspecified(mut a: SocketAddr) -> SocketAddr {
+/// Where the relay connects for `upstream`: an unspecified IP (0.0.0.0, ::)
+/// means loopback. Its IP is also the source address of the relay's
+/// connections, as the engine sees them.
+pub fn loopback_if_unspecified(mut a: SocketAddr) -> SocketAddr {
     if a.ip().is_unspecified() {
         a.set_ip(if a.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()

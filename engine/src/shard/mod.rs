@@ -1165,11 +1165,13 @@ async fn socket_loop(shard: Rc<Shard>) {
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
-        let delay = pacer.delay(Instant::now());
+        let mut now = Instant::now();
+        let delay = pacer.delay(now);
         if !delay.is_zero() {
             monoio::time::sleep(delay).await;
+            now = Instant::now();
         }
-        pacer.polled(Instant::now());
+        pacer.polled(now);
         let mut left_ready = false;
         for _ in 0..POLLS_PER_WAKE_MAX {
             let more = match shard.poller.poll(&mut ready) {

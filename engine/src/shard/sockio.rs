@@ -109,7 +109,7 @@ pub async fn write_all(
 ) -> io::Result<()> {
     // Bounded: each pass either writes >= 1 byte or waits for writability.
     while !bytes.is_empty() {
-        match sendv_nb(fd, &[IoSlice::new(bytes)]) {
+        match send_nb(fd, bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if would_block(&e) => stream.writable(false).await?,
             Err(e) => return Err(e),

@@ -5,7 +5,9 @@
 //!   recovers by itself once space returns; a kill -9 after that loses
 //!   nothing;
 //! - a corrupt or missing database at start: a clear error and a non-zero
-//!   exit, never a silent new database.
+//!   exit, never a silent new database;
+//! - a data dir on a read-only file system: the same, with the database
+//!   untouched and whole once the file system is writable again.
 
 mod common;
 #[path = "common/traffic.rs"]
@@ -438,6 +440,91 @@ async fn a_corrupt_or_missing_database_is_a_clear_error_never_a_new_one() {
     s.restart().await;
     let h = s.history_all("dm:alice:bob").await;
     assert_eq!(h.len(), 20);
+}
+
+/// `mount -o remount,<how>` of the test's tmpfs.
+fn remount(path: &Path, how: &str) {
+    let st = Command::new("mount")
+        .args(["-o", &format!("remount,{how}")])
+        .arg(path)
+        .status()
+        .expect("run mount");
+    assert!(st.success(), "remount {how} {path:?}: {st:?}");
+}
+
+#[tokio::test]
+async fn a_read_only_data_dir_is_a_clear_error_at_start_and_loses_nothing() {
+    let mut s = Server::start(&[]).await;
+    s.put_users(&["alice", "bob"]).await;
+    let status = s.sigterm(SHUTDOWN).await.expect("clean stop");
+    assert!(status.success(), "{status:?}");
+    // Move the data dir onto a tmpfs that can be made read-only.
+    let data = s.data_path();
+    let orig = data.with_extension("orig");
+    std::fs::rename(&data, &orig).expect("move data dir aside");
+    std::fs::create_dir(&data).expect("mkdir data");
+    let tmpfs = match Tmpfs::mount(&data, TMPFS_BYTES) {
+        Ok(t) => t,
+        Err(why) => {
+            // Only where mounting is not permitted (it is here and in CI).
+            println!("SKIPPED: a read-only file system needs a tmpfs: {why}");
+            return;
+        }
+    };
+    copy_tree(&orig, &data);
+    s.restart().await;
+    for i in 0..10 {
+        let (st, v) = s
+            .post_message(json!({ "from": "alice", "to": "user:bob", "kind": "text", "body": format!("m{i}"), "cmid": format!("c{i}") }))
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let status = s.sigterm(SHUTDOWN).await.expect("clean stop");
+    assert!(status.success(), "{status:?}");
+    let listing = |d: &Path| -> Vec<(PathBuf, u64)> {
+        let mut v: Vec<(PathBuf, u64)> = std::fs::read_dir(d.join("db"))
+            .expect("db dir")
+            .map(|e| {
+                let e = e.expect("entry");
+                (e.path(), e.metadata().expect("stat").len())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&data);
+
+    remount(&tmpfs.path, "ro");
+    // An existing database on a read-only file system.
+    let (code, err) = start_fails(&data, &[]);
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}\n{err}");
+    let lower = err.to_lowercase();
+    for w in ["cannot open the database", "read-only file system"] {
+        assert!(lower.contains(w), "the error does not say {w:?}:\n{err}");
+    }
+    println!("existing database: exit {code:?}: {}", err.trim());
+    // A data dir still to be created there.
+    let (code, err) = start_fails(&data.join("new"), &[]);
+    assert!(code.is_some_and(|c| c != 0), "exit {code:?}\n{err}");
+    let lower = err.to_lowercase();
+    for w in ["cannot create data dir", "read-only file system"] {
+        assert!(lower.contains(w), "the error does not say {w:?}:\n{err}");
+    }
+    println!("new data dir: exit {code:?}: {}", err.trim());
+
+    // The failed starts changed nothing, and once writable again the
+    // server starts on the same database with every message.
+    remount(&tmpfs.path, "rw");
+    assert_eq!(
+        listing(&data),
+        before,
+        "a failed start changed the database"
+    );
+    s.restart().await;
+    let h = s.history_all("dm:alice:bob").await;
+    assert_eq!(h.len(), 10, "{h:?}");
+    s.kill9();
+    drop(tmpfs);
 }
 
 #[test]

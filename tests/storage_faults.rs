@@ -7,7 +7,11 @@
 //! - a corrupt or missing database at start: a clear error and a non-zero
 //!   exit, never a silent new database;
 //! - a data dir on a read-only file system: the same, with the database
-//!   untouched and whole once the file system is writable again.
+//!   untouched and whole once the file system is writable again;
+//! - a failed WAL sync (an `LD_PRELOAD` shim fails `fdatasync`): the server
+//!   answers nothing of that batch and exits (code 74); a restart keeps
+//!   every acknowledged message, and a resend with the same cmid stores the
+//!   unanswered one exactly once.
 
 mod common;
 #[path = "common/traffic.rs"]
@@ -440,6 +444,134 @@ async fn a_corrupt_or_missing_database_is_a_clear_error_never_a_new_one() {
     s.restart().await;
     let h = s.history_all("dm:alice:bob").await;
     assert_eq!(h.len(), 20);
+}
+
+/// An `LD_PRELOAD` shim: `fsync(2)` and `fdatasync(2)` fail with `EIO`
+/// while the file named by `TERN_FAULT_FILE` exists (RocksDB, linked into
+/// the binary, calls them through libc). A disk that fails a sync, without
+/// a special device.
+const SYNC_FAULT_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int failing(void) {
+    const char *f = getenv("TERN_FAULT_FILE");
+    return f && access(f, F_OK) == 0;
+}
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (failing()) { errno = EIO; return -1; }
+    return real(fd);
+}
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (failing()) { errno = EIO; return -1; }
+    return real(fd);
+}
+"#;
+
+/// Builds [`SYNC_FAULT_C`] into `dir` with the C compiler the build of
+/// RocksDB needs anyway; returns the shared object's path.
+fn build_sync_fault(dir: &Path) -> PathBuf {
+    let src = dir.join("sync_fault.c");
+    let so = dir.join("sync_fault.so");
+    std::fs::write(&src, SYNC_FAULT_C).expect("write shim source");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    so
+}
+
+#[tokio::test]
+async fn a_failed_wal_sync_ends_the_server_unanswered_and_a_restart_loses_nothing() {
+    let mut s = Server::start(&[]).await;
+    s.put_users(&["alice", "bob"]).await;
+    let tools = tempfile::tempdir().expect("tempdir");
+    let shim = build_sync_fault(tools.path());
+    let flag = tools.path().join("fail-syncs");
+    let (shim_s, flag_s) = (shim.display().to_string(), flag.display().to_string());
+    s.set_env(&[("LD_PRELOAD", &shim_s), ("TERN_FAULT_FILE", &flag_s)]);
+    s.restart().await;
+
+    let mut alice = s.login(Subprotocol::Json, "alice", "phone").await;
+    let mut bob = s.login(Subprotocol::Rkyv, "bob", "phone").await;
+    for i in 1..=10u64 {
+        let a = alice
+            .send_text(&format!("ok-{i}"), "user:bob", &format!("ok {i}"))
+            .await;
+        assert_eq!(a["seq"], i, "{a}");
+        let m = bob.expect("msg", REPLY).await;
+        assert_eq!(m["seq"], i, "{m}");
+    }
+
+    // From now on every sync fails: the next send's batch reaches the WAL
+    // but not the disk for sure.
+    std::fs::write(&flag, b"").expect("raise the fault");
+    alice
+        .send(&json!({ "type": "send", "cmid": "during", "to": "user:bob", "kind": "text", "body": "sent during the fault" }))
+        .await;
+    // Neither a send_ack (it is not durable) nor a send_err `unavailable`
+    // (that says nothing was stored, and a restart may replay it): the
+    // server ends, and with it the connection.
+    match alice.next(Duration::from_secs(15)).await {
+        Err(End::Closed(_)) => {}
+        Err(End::Timeout) => panic!("the server neither answered nor closed"),
+        Ok(v) => panic!("answered a send whose sync failed: {v}"),
+    }
+    let status = s
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the server still runs after a failed sync");
+    assert_eq!(status.code(), Some(74), "{status:?}\n{}", s.logs());
+    let logs = s.logs();
+    for w in ["fdatasync", "only a restart recovers", "write-ahead log"] {
+        assert!(logs.contains(w), "the logs do not say {w:?}:\n{logs}");
+    }
+
+    // A restart on a healthy disk: every acknowledged message is there, in
+    // order, and the one sent during the fault at most once.
+    std::fs::remove_file(&flag).expect("clear the fault");
+    s.set_env(&[]);
+    s.restart().await;
+    let h = s.history_all("dm:alice:bob").await;
+    assert!(h.len() == 10 || h.len() == 11, "{h:?}");
+    for (i, m) in h.iter().enumerate() {
+        assert_eq!(m["seq"], i as u64 + 1, "{m}");
+    }
+    for (i, m) in h.iter().take(10).enumerate() {
+        assert_eq!(m["body"], format!("ok {}", i + 1), "{m}");
+    }
+    println!("replayed from the WAL: {}", h.len() == 11);
+
+    // The client resends what went unanswered, with the same cmid: stored
+    // once, at the next seq, whether or not the WAL had it.
+    let mut alice = s.login(Subprotocol::Json, "alice", "phone").await;
+    let a = alice
+        .send_text("during", "user:bob", "sent during the fault")
+        .await;
+    assert_eq!(a["seq"], 11, "{a}");
+    let h = s.history_all("dm:alice:bob").await;
+    assert_eq!(h.len(), 11, "{h:?}");
+    assert_eq!(h[10]["cmid"], "during");
+    assert_eq!(h[10]["body"], "sent during the fault");
+    let a = alice
+        .send_text("after", "user:bob", "after the fault")
+        .await;
+    assert_eq!(a["seq"], 12, "{a}");
+    s.kill9();
 }
 
 /// `mount -o remount,<how>` of the test's tmpfs.

@@ -41,6 +41,10 @@ impl CommitSink for CountingSink {
         *d += results.len() as u64;
         self.cv.notify_all();
     }
+
+    fn unrecoverable(&self, error: &StorageError) -> ! {
+        panic!("storage batch with an unknown outcome: {error}");
+    }
 }
 
 impl CountingSink {

@@ -31,6 +31,10 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// The exit code of a server whose storage failed in a way only a restart
+/// recovers from (`EX_IOERR` of sysexits.h): see [`CommitSink::unrecoverable`].
+pub const EXIT_STORAGE_FAILED: i32 = 74;
+
 /// Storage completions go back to the owner shard that asked.
 struct MeshSink {
     mesh: Arc<Mesh>,
@@ -55,6 +59,22 @@ impl CommitSink for MeshSink {
                 "commit results could not reach their shard"
             );
         }
+    }
+
+    /// Ends the process at once, answering none of the batch's requests: a
+    /// client that sees its connection drop resends with the same cmid, and
+    /// the restarted server either has the message (replayed from the WAL:
+    /// the resend is answered with its seq) or stores it then. `_exit`, not
+    /// `exit`: no destructor runs against a database in an unknown state,
+    /// and no shutdown path answers anything.
+    fn unrecoverable(&self, error: &StorageError) -> ! {
+        eprintln!(
+            "tern: storage failed and only a restart recovers: {error}; \
+             exiting with code {EXIT_STORAGE_FAILED} (nothing acknowledged is lost: \
+             the restart recovers from the write-ahead log)"
+        );
+        // SAFETY: _exit(2) takes no pointers and never returns.
+        unsafe { libc::_exit(EXIT_STORAGE_FAILED) }
     }
 }
 

@@ -33,7 +33,7 @@ mod shard;
 mod shared;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, StartError};
+pub use engine::{Engine, StartError, EXIT_STORAGE_FAILED};
 pub use handle::{
     EngineError, EngineHandle, EngineMetrics, GroupRecord, MembersPage, MintedToken, Presence,
     SendOk, SendRequest, UserRecord,

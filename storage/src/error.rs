@@ -43,6 +43,31 @@ pub enum StorageError {
     Invalid(String),
 }
 
+impl StorageError {
+    /// Whether a failed batch write may still have reached the disk, or
+    /// left the database refusing writes until it is reopened: a failed
+    /// WAL sync (the whole record was written, so a restart replays it), a
+    /// corruption, any other I/O error. Only running out of space is known
+    /// to store nothing (the append itself failed, leaving at most a torn
+    /// tail that recovery drops) and to heal by itself once space returns;
+    /// so are the refusals that never reach RocksDB (a full queue, a
+    /// closed writer, a seq gap, an invalid request).
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            StorageError::Io(msg) => {
+                let m = msg.to_ascii_lowercase();
+                !m.contains("no space left on device") || m.contains("sync")
+            }
+            StorageError::Corrupt(_) | StorageError::Db(_) => true,
+            StorageError::NotADatabase(_)
+            | StorageError::QueueFull
+            | StorageError::Closed
+            | StorageError::SeqGap { .. }
+            | StorageError::Invalid(_) => false,
+        }
+    }
+}
+
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
         use rocksdb::ErrorKind;
@@ -51,5 +76,41 @@ impl From<rocksdb::Error> for StorageError {
             ErrorKind::IOError => StorageError::Io(e.into_string()),
             _ => StorageError::Db(e.into_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StorageError;
+
+    #[test]
+    fn only_refusals_and_a_failed_append_for_space_are_known_to_store_nothing() {
+        let io = |m: &str| StorageError::Io(m.to_owned());
+        // RocksDB's own texts (env/io_posix.cc).
+        assert!(io(
+            "commit batch: IO error: While fdatasync: /d/db/000004.log: Input/output error"
+        )
+        .outcome_unknown());
+        assert!(io(
+            "commit batch: IO error: No space left on device: While fdatasync: /d/db/000004.log"
+        )
+        .outcome_unknown());
+        assert!(io(
+            "commit batch: IO error: While appending to file: /d/db/000004.log: Input/output error"
+        )
+        .outcome_unknown());
+        assert!(io("commit batch: IO error: While open a file for appending: /d/db/LOG: Read-only file system").outcome_unknown());
+        assert!(StorageError::Corrupt("bad block".into()).outcome_unknown());
+        assert!(StorageError::Db("Operation aborted".into()).outcome_unknown());
+        assert!(!io("commit batch: IO error: No space left on device: While appending to file: /d/db/000004.log: No space left on device").outcome_unknown());
+        assert!(!StorageError::QueueFull.outcome_unknown());
+        assert!(!StorageError::Closed.outcome_unknown());
+        assert!(!StorageError::Invalid("x".into()).outcome_unknown());
+        let gap = StorageError::SeqGap {
+            conv: "dm:a:b".into(),
+            expected: 2,
+            got: 3,
+        };
+        assert!(!gap.outcome_unknown());
     }
 }

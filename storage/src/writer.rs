@@ -51,6 +51,16 @@ pub trait CommitSink: Send + Sync + 'static {
     /// Called once per (batch, reply_to) with the results of that batch's
     /// requests for that reply_to, in submission order.
     fn committed(&self, reply_to: u32, results: Vec<(u64, Result<(), StorageError>)>);
+
+    /// Called instead of [`CommitSink::committed`] when a batch's write
+    /// failed in a way that leaves its outcome unknown
+    /// ([`StorageError::outcome_unknown`]: a failed WAL sync, an I/O error
+    /// RocksDB does not recover from by itself). The batch may still be
+    /// replayed from the WAL after a restart, so answering its requests
+    /// "nothing stored" could be a lie, and RocksDB refuses every later
+    /// write anyway. Nothing of the batch is reported; implementations end
+    /// the process (a restart recovers from the WAL) or the test.
+    fn unrecoverable(&self, error: &StorageError) -> !;
 }
 
 /// One request for the writer.
@@ -451,6 +461,12 @@ impl Writer {
         let outcome = self.write(&mut batch);
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.record_stats(&batch, n_reqs, latency_us, outcome.as_ref().err());
+        if let Err(e) = &outcome {
+            if e.outcome_unknown() {
+                tracing::error!(error = %e, requests = n_reqs, "storage batch failed with an unknown outcome");
+                self.sink.unrecoverable(e);
+            }
+        }
         match outcome {
             Ok(_) => {
                 for (conv, head) in batch.heads.drain() {

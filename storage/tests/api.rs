@@ -522,6 +522,10 @@ impl CommitSink for GateSink {
             open = self.cv.wait(open).unwrap();
         }
     }
+
+    fn unrecoverable(&self, error: &StorageError) -> ! {
+        panic!("storage batch with an unknown outcome: {error}");
+    }
 }
 
 #[test]

@@ -45,6 +45,10 @@ impl CommitSink for PrintSink {
         }
         let _ = out.flush();
     }
+
+    fn unrecoverable(&self, error: &StorageError) -> ! {
+        panic!("storage batch with an unknown outcome: {error}");
+    }
 }
 
 #[test]

@@ -126,6 +126,8 @@ pub struct Server {
     /// HTTP listen address.
     pub http_addr: SocketAddr,
     extra: Vec<String>,
+    /// Environment variables of the next spawns ([`Server::set_env`]).
+    env: Vec<(String, String)>,
     http: reqwest::Client,
     n_starts: u32,
 }
@@ -188,6 +190,7 @@ impl Server {
                 ws_addr,
                 http_addr,
                 extra: args.iter().map(|a| a.to_string()).collect(),
+                env: Vec::new(),
                 http: http.clone(),
                 n_starts: 0,
             };
@@ -250,6 +253,7 @@ impl Server {
             .arg("2")
             .args(&self.extra)
             .env_remove("TERN_API_KEY")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -334,14 +338,19 @@ impl Server {
         }
     }
 
-    /// Sends SIGTERM and waits up to `bound` for the exit; `None` if it is
-    /// still running then.
-    pub async fn sigterm(&mut self, bound: Duration) -> Option<ExitStatus> {
+    /// Environment variables for every later start (a restart); replaces
+    /// the earlier ones.
+    pub fn set_env(&mut self, vars: &[(&str, &str)]) {
+        self.env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// Waits up to `bound` for the server to exit by itself (reaping it);
+    /// `None` if it is still running then.
+    pub async fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut().expect("server not running");
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
         let deadline = Instant::now() + bound;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -351,6 +360,17 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// Sends SIGTERM and waits up to `bound` for the exit; `None` if it is
+    /// still running then.
+    pub async fn sigterm(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("server not running");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child's pid, which we have not reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        self.wait_exit(bound).await
     }
 
     /// `http://<http_addr><path>`.

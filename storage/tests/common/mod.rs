@@ -96,6 +96,10 @@ impl CommitSink for CollectSink {
     fn committed(&self, reply_to: u32, results: Results) {
         self.calls.lock().expect("lock").push((reply_to, results));
     }
+
+    fn unrecoverable(&self, error: &StorageError) -> ! {
+        panic!("storage batch with an unknown outcome: {error}");
+    }
 }
 
 impl CollectSink {

@@ -308,7 +308,9 @@ impl Conn {
         use std::sync::atomic::Ordering::Relaxed;
         match err {
             None => {
-                record(&mut cx.stats.ack_us, cx.now_us.saturating_sub(sent_us));
+                let us = cx.now_us.saturating_sub(sent_us);
+                record(&mut cx.stats.ack_us, us);
+                cx.stats.ack_timeline.record(sent_us, us);
                 cx.stats.acked += 1;
                 cx.live.acked.fetch_add(1, Relaxed);
                 if let Some(a) = cx.ctl.acked.get(s.idx as usize) {
@@ -459,10 +461,9 @@ fn on_pushed(r: &mut Receiver, conv: &str, seq: u64, body: Option<&str>, cx: &mu
     }
     cx.stats.delivered += 1;
     cx.live.delivered.fetch_add(1, Relaxed);
-    record(
-        &mut cx.stats.deliver_us,
-        cx.now_us.saturating_sub(m.send_us),
-    );
+    let us = cx.now_us.saturating_sub(m.send_us);
+    record(&mut cx.stats.deliver_us, us);
+    cx.stats.deliver_timeline.record(m.send_us, us);
 }
 
 /// Runs `f` with the frame-handling context of `local`.

@@ -12,7 +12,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use serde::Serialize;
 
 use crate::plan::{phase, Control, Expect, Plan, Scenario};
-use crate::stats::{ExecStats, LatencySummary};
+use crate::stats::{ExecStats, LatencySummary, Slot};
 
 /// How often the main thread checks the phase conditions.
 const TICK: Duration = Duration::from_millis(10);
@@ -159,6 +159,9 @@ pub struct Report {
     /// (send to send_ack), `deliver` (send to msg), `http` (request to
     /// response).
     pub latency_us: BTreeMap<String, LatencySummary>,
+    /// `ack` and `deliver` latency by the send's time: per 250 ms slot the
+    /// samples, those above 10 ms, and the largest (JSON report only).
+    pub timeline: BTreeMap<String, Vec<Slot>>,
     /// Memory (`idle`).
     pub memory: MemoryReport,
     /// Whether the run met every check: no failed connection, no loss,
@@ -432,6 +435,11 @@ fn build_report(
         }
         latency.insert("deliver".to_owned(), LatencySummary::of(&s.deliver_us));
     }
+    let mut timeline = BTreeMap::new();
+    if matches!(plan.scenario, Scenario::Dm | Scenario::Group) {
+        timeline.insert("ack".to_owned(), s.ack_timeline.slots());
+        timeline.insert("deliver".to_owned(), s.deliver_timeline.slots());
+    }
     let mut problems = Vec::new();
     if failed > 0 {
         problems.push(format!(
@@ -521,6 +529,7 @@ fn build_report(
             delivered_per_s: per_s(s.delivered, times.deliver_s),
         },
         latency_us: latency,
+        timeline,
         memory,
         ok: problems.is_empty(),
         problems,

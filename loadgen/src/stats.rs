@@ -68,6 +68,76 @@ impl LatencySummary {
     }
 }
 
+/// Width of one timeline slot, µs of the run clock.
+pub const TIMELINE_SLOT_US: u64 = 250_000;
+/// Slots a timeline keeps (an hour); later samples count in the last one.
+const TIMELINE_SLOTS_MAX: usize = 14_400;
+/// A latency the timeline counts as slow: the targets' p99 bound.
+pub const SLOW_US: u64 = 10_000;
+
+/// One slot of a [`Timeline`]: the samples whose send fell in it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Slot {
+    /// Start of the slot, ms of the run clock.
+    pub t_ms: u64,
+    /// Samples.
+    pub count: u64,
+    /// Samples above [`SLOW_US`].
+    pub slow: u64,
+    /// Largest sample, µs.
+    pub max_us: u64,
+}
+
+/// Latency over the run, by the send time, in [`TIMELINE_SLOT_US`] slots:
+/// shows whether a tail is spread evenly or comes in episodes (a flush, a
+/// stall of the sender) that the run's one histogram cannot tell apart.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timeline {
+    slots: Vec<Slot>,
+}
+
+impl Timeline {
+    /// Counts a sample of `us` sent at `sent_us` on the run clock.
+    pub fn record(&mut self, sent_us: u64, us: u64) {
+        let i = usize::try_from(sent_us / TIMELINE_SLOT_US)
+            .unwrap_or(usize::MAX)
+            .min(TIMELINE_SLOTS_MAX - 1);
+        self.grow_to(i);
+        let slot = &mut self.slots[i];
+        slot.count += 1;
+        slot.slow += u64::from(us > SLOW_US);
+        slot.max_us = slot.max_us.max(us);
+    }
+
+    fn grow_to(&mut self, i: usize) {
+        debug_assert!(i < TIMELINE_SLOTS_MAX, "timeline slot out of bounds");
+        while self.slots.len() <= i {
+            let t_ms = self.slots.len() as u64 * TIMELINE_SLOT_US / 1000;
+            self.slots.push(Slot {
+                t_ms,
+                ..Slot::default()
+            });
+        }
+    }
+
+    /// Adds `o` into `self`, slot by slot.
+    pub fn merge(&mut self, o: &Timeline) {
+        if let Some(last) = o.slots.len().checked_sub(1) {
+            self.grow_to(last);
+        }
+        for (a, b) in self.slots.iter_mut().zip(&o.slots) {
+            a.count += b.count;
+            a.slow += b.slow;
+            a.max_us = a.max_us.max(b.max_us);
+        }
+    }
+
+    /// The slots that hold samples, in time order.
+    pub fn slots(&self) -> Vec<Slot> {
+        self.slots.iter().filter(|s| s.count > 0).cloned().collect()
+    }
+}
+
 /// Everything one executor counted.
 #[derive(Debug, Clone)]
 pub struct ExecStats {
@@ -77,6 +147,10 @@ pub struct ExecStats {
     pub ack_us: Histogram<u64>,
     /// send → msg on the receiver (send time from the body).
     pub deliver_us: Histogram<u64>,
+    /// `ack_us` over the run.
+    pub ack_timeline: Timeline,
+    /// `deliver_us` over the run.
+    pub deliver_timeline: Timeline,
     /// HTTP request → response (`http` scenario).
     pub http_us: Histogram<u64>,
     /// Connections authenticated.
@@ -119,6 +193,8 @@ impl Default for ExecStats {
             connect_us: new_histogram(),
             ack_us: new_histogram(),
             deliver_us: new_histogram(),
+            ack_timeline: Timeline::default(),
+            deliver_timeline: Timeline::default(),
             http_us: new_histogram(),
             authed: 0,
             connect_failures: BTreeMap::new(),
@@ -163,6 +239,8 @@ impl ExecStats {
         let _ = self.ack_us.add(&o.ack_us);
         let _ = self.deliver_us.add(&o.deliver_us);
         let _ = self.http_us.add(&o.http_us);
+        self.ack_timeline.merge(&o.ack_timeline);
+        self.deliver_timeline.merge(&o.deliver_timeline);
         self.authed += o.authed;
         merge_map(&mut self.connect_failures, &o.connect_failures);
         merge_map(&mut self.drops, &o.drops);
@@ -205,5 +283,35 @@ mod tests {
         assert_eq!(s.count, 3);
         assert!(s.max >= 300 && s.p50 >= 99 && s.p50 <= 101, "{s:?}");
         assert_eq!(LatencySummary::of(&new_histogram()).count, 0);
+    }
+
+    #[test]
+    fn a_timeline_counts_each_sample_in_the_slot_of_its_send() {
+        let mut a = Timeline::default();
+        a.record(10, 500);
+        a.record(TIMELINE_SLOT_US - 1, SLOW_US + 1);
+        a.record(3 * TIMELINE_SLOT_US, 7);
+        let mut b = Timeline::default();
+        b.record(TIMELINE_SLOT_US / 2, 40_000);
+        b.record(u64::MAX, 1); // beyond an hour: the last slot
+        a.merge(&b);
+        let slots = a.slots();
+        assert_eq!(slots.len(), 3, "{slots:?}");
+        assert_eq!(
+            slots[0],
+            Slot {
+                t_ms: 0,
+                count: 3,
+                slow: 2,
+                max_us: 40_000
+            }
+        );
+        assert_eq!(
+            (slots[1].t_ms, slots[1].count, slots[1].max_us),
+            (750, 1, 7)
+        );
+        let last = TIMELINE_SLOTS_MAX as u64 - 1;
+        assert_eq!(slots[2].t_ms, last * TIMELINE_SLOT_US / 1000);
+        assert_eq!(slots[2].count, 1);
     }
 }

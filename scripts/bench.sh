@@ -60,6 +60,7 @@ HALF=$(( MAX / 2 ))
 lg dm --pairs 100 --rate "${HALF}/s" --duration "$DUR" --json "$OUT/dm-half.json" || true
 row "dm at ${HALF}/s (half of max): ack p99" "$(field "$OUT/dm-half.json" "d['latency_us']['ack']['p99']") us" "<= 10,000 us"
 row "dm at ${HALF}/s: deliver p99" "$(field "$OUT/dm-half.json" "d['latency_us']['deliver']['p99']") us" ""
+row "dm at ${HALF}/s: acks over 10 ms" "$(field "$OUT/dm-half.json" "'%.2f%% in %d of %d slots' % (100.0 * sum(s['slow'] for s in d['timeline']['ack']) / max(1, sum(s['count'] for s in d['timeline']['ack'])), sum(1 for s in d['timeline']['ack'] if s['slow']), len(d['timeline']['ack']))")" "(250 ms slots: spread or episodes)"
 start
 lg dm --pairs 100 --rate 50000/s --duration "$DUR" --json "$OUT/dm-50k.json" || true
 row "dm at 50000/s (half the 100 k target): ack p99" "$(field "$OUT/dm-50k.json" "d['latency_us']['ack']['p99']") us" "(the other reading of the target)"

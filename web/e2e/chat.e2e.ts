@@ -1,6 +1,7 @@
 // Two users in two browser contexts chat through the real server: a dm and
 // a group, media links, typing and read receipts, a second tab, a message
-// sent while one page is offline, and a server restart mid-conversation.
+// sent while one page is offline, one written offline that survives a
+// reload, and a server restart mid-conversation.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import {
@@ -143,6 +144,24 @@ describe('two pages, two users', () => {
     await bob.click('#toggle-conn');
     await waitOnline(bob);
     await once(bob, 'while you were away');
+  });
+
+  it('a message written offline survives a reload of the page and arrives once', async () => {
+    await openConv(alice, DM);
+    await openConv(bob, DM);
+    await alice.click('#toggle-conn');
+    await until(() => connState(alice), 'paused');
+    await sendText(alice, 'written before a reload');
+    await until(() => alice.locator('#messages li.msg.pending').count(), 1);
+    // The tab reloads before it was ever online again: only the page's
+    // storage holds the message now.
+    await alice.reload();
+    await waitOnline(alice);
+    await openConv(alice, DM);
+    await once(bob, 'written before a reload');
+    await once(alice, 'written before a reload');
+    expect(await alice.locator('#messages li.msg.pending').count()).toBe(0);
+    await screenshot(alice, 'app-after-reload');
   });
 
   it('a server restart mid-conversation loses nothing visible', async () => {

@@ -1,5 +1,14 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { SendError, TernClient, type DeliveredEntry, type StateInfo } from '../src/lib';
+import {
+  restoredSends,
+  SendError,
+  TernClient,
+  webStorageOutbox,
+  type DeliveredEntry,
+  type OutboxStore,
+  type PendingSend,
+  type StateInfo,
+} from '../src/lib';
 import { fakeFactory, msg } from './fake';
 
 const fixed = () => 0.5;
@@ -252,6 +261,109 @@ describe('sending', () => {
     await vi.advanceTimersByTimeAsync(3000);
     expect(s.f.last().of('send').filter((x) => x.cmid === 'cm4')).toHaveLength(2);
     s.client.close();
+  });
+
+  it('with a store, what waited is sent again after a reload, once, and the store empties', async () => {
+    let saved: unknown = null;
+    const store: OutboxStore = { load: () => saved, save: (items) => (saved = structuredClone(items)) };
+    // Written while offline; the page is then closed (no close(): a reload).
+    const before = setup({ outboxStore: store });
+    before.client.send('user:bob', 'text', 'written offline', 'cm-a').catch(() => {});
+    before.client.send('user:bob', 'custom', { n: 1 }, 'cm-b').catch(() => {});
+    expect((saved as PendingSend[]).map((x) => x.cmid)).toEqual(['cm-a', 'cm-b']);
+
+    const after = setup({ outboxStore: store });
+    const shown: PendingSend[][] = [];
+    const failed: SendError[] = [];
+    after.client.on('outbox', (items) => shown.push(items));
+    after.client.on('sendFailed', (e) => failed.push(e));
+    expect(after.client.pending.map((x) => x.cmid)).toEqual(['cm-a', 'cm-b']);
+    await online(after);
+    // Shown at start, while still offline, and sent with the same cmids.
+    expect(shown[0].map((x) => x.cmid)).toEqual(['cm-a', 'cm-b']);
+    expect(after.f.last().of('send')).toEqual([
+      { type: 'send', cmid: 'cm-a', to: 'user:bob', kind: 'text', body: 'written offline' },
+      { type: 'send', cmid: 'cm-b', to: 'user:bob', kind: 'custom', body: { n: 1 } },
+    ]);
+    after.f.last().push({ type: 'send_ack', cmid: 'cm-a', conv: 'dm:alice:bob', seq: 3, ts: 9 });
+    expect(after.entries).toHaveLength(1);
+    expect(after.entries[0]).toMatchObject({ own: true, entry: { seq: 3, body: 'written offline' } });
+    expect((saved as PendingSend[]).map((x) => x.cmid)).toEqual(['cm-b']);
+    // A permanent refusal of a restored send has no promise: it is an event.
+    after.f.last().push({ type: 'send_err', cmid: 'cm-b', code: 'too_large', message: 'too large' });
+    expect(failed.map((e) => [e.cmid, e.code])).toEqual([['cm-b', 'too_large']]);
+    expect(saved).toEqual([]);
+    after.client.close();
+  });
+
+  it('close empties the store; a broken store leaves the outbox working in memory', async () => {
+    let saved: unknown = null;
+    const store: OutboxStore = { load: () => saved, save: (items) => (saved = items) };
+    const a = setup({ outboxStore: store });
+    a.client.send('user:bob', 'text', 'x', 'cm-c').catch(() => {});
+    expect(saved).toHaveLength(1);
+    a.client.close();
+    expect(saved).toEqual([]);
+
+    const broken: OutboxStore = {
+      load: () => {
+        throw new Error('no storage');
+      },
+      save: () => {
+        throw new Error('quota');
+      },
+    };
+    const b = setup({ outboxStore: broken });
+    expect(b.client.pending).toEqual([]);
+    const p = b.client.send('user:bob', 'text', 'y', 'cm-d');
+    await online(b);
+    b.f.last().push({ type: 'send_ack', cmid: 'cm-d', conv: 'dm:alice:bob', seq: 1, ts: 1 });
+    await expect(p).resolves.toMatchObject({ seq: 1 });
+    b.client.close();
+  });
+
+  it('restores only well-formed sends, each cmid once, at most outboxMax', () => {
+    const good = { cmid: 'c1', to: 'user:bob', kind: 'text', body: 'a', attempts: 2, createdAt: 5 };
+    const stored = [
+      good,
+      { ...good }, // the same cmid again
+      { ...good, cmid: '' },
+      { ...good, cmid: 'x'.repeat(65) },
+      { ...good, cmid: 'c2', kind: 'sticker' },
+      { ...good, cmid: 'c3', to: 7 },
+      { cmid: 'c4', to: 'user:bob', kind: 'text', createdAt: 1 }, // no body
+      { ...good, cmid: 'c5', createdAt: 'yesterday' },
+      { ...good, cmid: 'c6', attempts: 'many' },
+      null,
+      'c7',
+      { ...good, cmid: 'c8' },
+    ];
+    expect(restoredSends(stored, 100).map((p) => [p.cmid, p.attempts])).toEqual([
+      ['c1', 2],
+      ['c6', 0],
+      ['c8', 2],
+    ]);
+    expect(restoredSends(stored, 2).map((p) => p.cmid)).toEqual(['c1', 'c6']);
+    expect(restoredSends({ not: 'a list' }, 100)).toEqual([]);
+    expect(restoredSends(null, 100)).toEqual([]);
+  });
+
+  it('webStorageOutbox keeps the list under its key and forgets an empty one', () => {
+    const m = new Map<string, string>();
+    const storage = {
+      getItem: (k: string) => m.get(k) ?? null,
+      setItem: (k: string, v: string) => void m.set(k, v),
+      removeItem: (k: string) => void m.delete(k),
+    } as unknown as Storage;
+    const st = webStorageOutbox(storage, 'tern.outbox.alice.d1');
+    expect(st.load()).toBeNull();
+    const item: PendingSend = { cmid: 'c1', to: 'user:bob', kind: 'text', body: 'hi', attempts: 0, createdAt: 1 };
+    st.save([item]);
+    expect(st.load()).toEqual([item]);
+    st.save([]);
+    expect(m.has('tern.outbox.alice.d1')).toBe(false);
+    m.set('tern.outbox.alice.d1', '{not json');
+    expect(st.load()).toBeNull();
   });
 
   it('close rejects what is still waiting', async () => {

@@ -8,6 +8,7 @@ import {
   newCmid,
   SendError,
   TernClient,
+  webStorageOutbox,
   type Entry,
   type Kind,
   type MediaBody,
@@ -31,6 +32,8 @@ interface Session {
 
 const SESSION_KEY = 'tern.session';
 const DEVICE_KEY = 'tern.device';
+/** Prefix of the sessionStorage key of a device's unsent messages. */
+const OUTBOX_KEY = 'tern.outbox';
 /** Re-mint a demo token this long before it expires. */
 const TOKEN_REFRESH_MS = 10 * 60_000;
 /** At most one `typing` frame per this interval. */
@@ -154,7 +157,15 @@ function startChat(fresh = false): void {
   $('me').textContent = session.user;
   $('messages').replaceChildren();
   $('messages').dataset.conv = '';
-  const c = new TernClient({ url: wsUrl(), device: deviceId(fresh), token: currentToken });
+  const device = deviceId(fresh);
+  const c = new TernClient({
+    url: wsUrl(),
+    device,
+    token: currentToken,
+    // Per tab, like the device id: a reload sends what was still waiting,
+    // and two tabs never overwrite each other's list.
+    outboxStore: webStorageOutbox(sessionStorage, `${OUTBOX_KEY}.${session.user}.${device}`),
+  });
   client = c;
   c.on('state', (s) => {
     if (s.state === 'offline' && s.reason === 'unauthorized') {
@@ -205,6 +216,9 @@ function startChat(fresh = false): void {
   });
   c.on('error', (e) => {
     $('send-error').textContent = `Server: ${e.code}: ${e.message}`;
+  });
+  c.on('sendFailed', (e) => {
+    $('send-error').textContent = `Not sent: ${e.code}: ${e.message}`;
   });
   c.start();
   scheduleRender();

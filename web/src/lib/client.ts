@@ -8,7 +8,7 @@
 // - cumulative `ack`s, at least every 64 entries or every second;
 // - sends kept in an outbox until their `send_ack`, sent again with the
 //   same cmid after a reconnect or a timeout (the server dedups by cmid,
-//   so nothing is doubled).
+//   so nothing is doubled); with an `outboxStore`, also after a reload.
 
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
 import { Emitter } from './emitter';
@@ -87,7 +87,75 @@ export interface ClientEvents {
   receipt: Receipt;
   typing: Typing;
   outbox: PendingSend[];
+  /** A send refused for good (also one restored from the store, which has no promise). */
+  sendFailed: SendError;
   error: ErrorFrame;
+}
+
+/**
+ * Where the outbox outlives the page: `save` gets every change, `load` is
+ * asked once, when the client is made. A message written while offline is
+ * then sent after a reload, with its cmid, so the server stores it once.
+ */
+export interface OutboxStore {
+  /** What `save` was given last (any shape: it is checked), or nothing. */
+  load(): unknown;
+  save(items: PendingSend[]): void;
+}
+
+/** An [`OutboxStore`] in a Web Storage (`localStorage`) under `key`. */
+export function webStorageOutbox(storage: Storage, key: string): OutboxStore {
+  return {
+    load: () => {
+      const raw = storage.getItem(key);
+      if (raw === null) return null;
+      try {
+        return JSON.parse(raw) as unknown;
+      } catch {
+        return null;
+      }
+    },
+    save: (items) => {
+      if (items.length === 0) storage.removeItem(key);
+      else storage.setItem(key, JSON.stringify(items));
+    },
+  };
+}
+
+const KINDS: ReadonlySet<string> = new Set<Kind>(['text', 'image', 'file', 'voice', 'custom']);
+
+/** The well-formed sends of what a store held, oldest first, at most `max`. */
+export function restoredSends(stored: unknown, max: number): PendingSend[] {
+  if (!Array.isArray(stored)) return [];
+  const out: PendingSend[] = [];
+  const seen = new Set<string>();
+  for (const x of stored as unknown[]) {
+    if (out.length >= max) break;
+    if (typeof x !== 'object' || x === null) continue;
+    const p = x as Record<string, unknown>;
+    const ok =
+      typeof p.cmid === 'string' &&
+      p.cmid.length > 0 &&
+      p.cmid.length <= 64 &&
+      !seen.has(p.cmid) &&
+      typeof p.to === 'string' &&
+      typeof p.kind === 'string' &&
+      KINDS.has(p.kind) &&
+      'body' in p &&
+      typeof p.createdAt === 'number' &&
+      Number.isFinite(p.createdAt);
+    if (!ok) continue;
+    seen.add(p.cmid as string);
+    out.push({
+      cmid: p.cmid as string,
+      to: p.to as string,
+      kind: p.kind as Kind,
+      body: p.body,
+      attempts: typeof p.attempts === 'number' && Number.isFinite(p.attempts) ? p.attempts : 0,
+      createdAt: p.createdAt as number,
+    });
+  }
+  return out;
 }
 
 export interface TernClientOptions {
@@ -108,6 +176,8 @@ export interface TernClientOptions {
   syncPage?: number;
   /** Sends kept waiting at most; `send` rejects beyond. */
   outboxMax?: number;
+  /** Keeps the outbox across reloads (default: in memory only). */
+  outboxStore?: OutboxStore;
   /** Random source for cmids and jitter (tests). */
   random?: () => number;
 }
@@ -153,7 +223,10 @@ interface Waiter {
 
 export class TernClient extends Emitter<ClientEvents> {
   readonly seqs = new SeqTracker();
-  private readonly opts: Required<Omit<TernClientOptions, 'connect'>> & { connect: WebSocketFactory };
+  private readonly opts: Required<Omit<TernClientOptions, 'connect' | 'outboxStore'>> & {
+    connect: WebSocketFactory;
+    outboxStore?: OutboxStore;
+  };
   private ws: WebSocketLike | null = null;
   private stateInfo: StateInfo = { state: 'idle' };
   private attempt = 0;
@@ -184,6 +257,15 @@ export class TernClient extends Emitter<ClientEvents> {
       connect: (url, protocols) => new WebSocket(url, protocols) as unknown as WebSocketLike,
       ...options,
     };
+    let stored: unknown = null;
+    try {
+      stored = this.opts.outboxStore?.load();
+    } catch {
+      // An unavailable store (storage denied to the page): start empty.
+    }
+    for (const p of restoredSends(stored, this.opts.outboxMax)) {
+      this.outbox.set(p.cmid, { ...p, lastSentAt: 0 });
+    }
   }
 
   /** The current connection state. */
@@ -208,6 +290,8 @@ export class TernClient extends Emitter<ClientEvents> {
       void this.open();
     }
     this.outboxTimer ??= setInterval(() => this.outboxTick(), OUTBOX_TICK_MS);
+    // What the store brought back shows at once, also while offline.
+    if (this.outbox.size > 0) this.emitOutbox();
   }
 
   /** Close the socket and stay offline until `resume` (sends keep queueing). */
@@ -235,6 +319,7 @@ export class TernClient extends Emitter<ClientEvents> {
     for (const [cmid, w] of this.waiters) w.reject(new SendError('closed', 'the client was closed', cmid));
     this.waiters.clear();
     this.outbox.clear();
+    this.saveOutbox();
     this.setState({ state: 'stopped', reason: 'closed' });
   }
 
@@ -471,8 +556,10 @@ export class TernClient extends Emitter<ClientEvents> {
           break;
         }
         this.outbox.delete(f.cmid);
-        this.waiters.get(f.cmid)?.reject(new SendError(f.code, f.message, f.cmid));
+        const err = new SendError(f.code, f.message, f.cmid);
+        this.waiters.get(f.cmid)?.reject(err);
         this.waiters.delete(f.cmid);
+        this.emit('sendFailed', err);
         this.emitOutbox();
         break;
       }
@@ -562,6 +649,15 @@ export class TernClient extends Emitter<ClientEvents> {
   }
 
   private emitOutbox(): void {
+    this.saveOutbox();
     this.emit('outbox', this.pending);
+  }
+
+  private saveOutbox(): void {
+    try {
+      this.opts.outboxStore?.save(this.pending);
+    } catch {
+      // A full or unavailable store: the outbox still works in memory.
+    }
   }
 }

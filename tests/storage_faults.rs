@@ -123,6 +123,29 @@ fn record_http(ledger: &mut Ledger, body: &Value, ack: &Value) {
     });
 }
 
+/// Stops `s` cleanly and moves its data dir onto a fresh tmpfs of
+/// [`TMPFS_BYTES`] (same path, same contents), for a test of `what`; `None`
+/// (the test is skipped) where mounting is not permitted (it is here and
+/// in CI). The server is left stopped.
+async fn onto_tmpfs(s: &mut Server, what: &str) -> Option<Tmpfs> {
+    let status = s.sigterm(SHUTDOWN).await.expect("clean stop");
+    assert!(status.success(), "{status:?}");
+    let data = s.data_path();
+    let orig = data.with_extension("orig");
+    std::fs::rename(&data, &orig).expect("move data dir aside");
+    std::fs::create_dir(&data).expect("mkdir data");
+    match Tmpfs::mount(&data, TMPFS_BYTES) {
+        Ok(t) => {
+            copy_tree(&orig, &data);
+            Some(t)
+        }
+        Err(why) => {
+            println!("SKIPPED: {what} needs a tmpfs: {why}");
+            None
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself() {
     let mut s = Server::start(&[]).await;
@@ -140,21 +163,10 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
     }
 
     // Move the data dir onto a small tmpfs, filled but for a few MiB.
-    let status = s.sigterm(SHUTDOWN).await.expect("clean stop");
-    assert!(status.success(), "{status:?}");
-    let data = s.data_path();
-    let orig = data.with_extension("orig");
-    std::fs::rename(&data, &orig).expect("move data dir aside");
-    std::fs::create_dir(&data).expect("mkdir data");
-    let tmpfs = match Tmpfs::mount(&data, TMPFS_BYTES) {
-        Ok(t) => t,
-        Err(why) => {
-            // Only where mounting is not permitted (it is here and in CI).
-            println!("SKIPPED: a full disk needs a tmpfs: {why}");
-            return;
-        }
+    let Some(tmpfs) = onto_tmpfs(&mut s, "a full disk").await else {
+        return;
     };
-    copy_tree(&orig, &data);
+    let data = s.data_path();
     let filler = data.join("filler");
     fill(&tmpfs, &filler, FREE_AT_START);
     s.restart().await;
@@ -595,22 +607,11 @@ fn remount(path: &Path, how: &str) {
 async fn a_read_only_data_dir_is_a_clear_error_at_start_and_loses_nothing() {
     let mut s = Server::start(&[]).await;
     s.put_users(&["alice", "bob"]).await;
-    let status = s.sigterm(SHUTDOWN).await.expect("clean stop");
-    assert!(status.success(), "{status:?}");
     // Move the data dir onto a tmpfs that can be made read-only.
-    let data = s.data_path();
-    let orig = data.with_extension("orig");
-    std::fs::rename(&data, &orig).expect("move data dir aside");
-    std::fs::create_dir(&data).expect("mkdir data");
-    let tmpfs = match Tmpfs::mount(&data, TMPFS_BYTES) {
-        Ok(t) => t,
-        Err(why) => {
-            // Only where mounting is not permitted (it is here and in CI).
-            println!("SKIPPED: a read-only file system needs a tmpfs: {why}");
-            return;
-        }
+    let Some(tmpfs) = onto_tmpfs(&mut s, "a read-only file system").await else {
+        return;
     };
-    copy_tree(&orig, &data);
+    let data = s.data_path();
     s.restart().await;
     for i in 0..10 {
         let (st, v) = s

@@ -184,15 +184,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let admission = match &admit {
-            None => None,
-            Some(f) => match f(peer.ip()) {
-                Some(guard) => Some(guard),
-                None => {
-                    tracing::debug!(%peer, "TLS connection refused: too many from this address");
-                    continue; // dropping `tcp` closes it
-                }
-            },
+        let admission = match admit.as_ref().map(|f| f(peer.ip())) {
+            Some(None) => {
+                tracing::debug!(%peer, "TLS connection refused: too many from this address");
+                continue; // dropping `tcp` closes it
+            }
+            granted => granted.flatten(),
         };
         // WebSocket frames and small JSON answers must not wait for Nagle.
         if let Err(e) = tcp.set_nodelay(true) {

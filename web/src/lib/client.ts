@@ -14,6 +14,7 @@ import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from './backoff';
 import { Emitter } from './emitter';
 import {
   CLOSE,
+  isKind,
   RETRYABLE_SEND_ERRORS,
   SUBPROTOCOL,
   SYNC_LIMIT_MAX,
@@ -122,8 +123,6 @@ export function webStorageOutbox(storage: Storage, key: string): OutboxStore {
   };
 }
 
-const KINDS: ReadonlySet<string> = new Set<Kind>(['text', 'image', 'file', 'voice', 'custom']);
-
 /** The well-formed sends of what a store held, oldest first, at most `max`. */
 export function restoredSends(stored: unknown, max: number): PendingSend[] {
   if (!Array.isArray(stored)) return [];
@@ -139,8 +138,7 @@ export function restoredSends(stored: unknown, max: number): PendingSend[] {
       p.cmid.length <= 64 &&
       !seen.has(p.cmid) &&
       typeof p.to === 'string' &&
-      typeof p.kind === 'string' &&
-      KINDS.has(p.kind) &&
+      isKind(p.kind) &&
       'body' in p &&
       typeof p.createdAt === 'number' &&
       Number.isFinite(p.createdAt);

@@ -5,7 +5,13 @@
 export const SUBPROTOCOL = 'tern.v1.json';
 
 /** Message kinds the server accepts. */
-export type Kind = 'text' | 'image' | 'file' | 'voice' | 'custom';
+export const KINDS = ['text', 'image', 'file', 'voice', 'custom'] as const;
+export type Kind = (typeof KINDS)[number];
+
+/** Whether `k` is one of [`KINDS`]. */
+export function isKind(k: unknown): k is Kind {
+  return typeof k === 'string' && (KINDS as readonly string[]).includes(k);
+}
 
 /** Body of a media message (`image`, `file`, `voice`): a link, never bytes. */
 export interface MediaBody {

@@ -68,6 +68,10 @@ const START_ATTEMPTS: u32 = 3;
 
 /// Bytes of each log file printed when a test fails.
 const LOG_TAIL_BYTES: usize = 48 * 1024;
+/// The largest `sync` page (PROTOCOL.md), used to read whole timelines.
+const SYNC_PAGE_MAX: u32 = 500;
+/// Pages `Client::sync_all` reads before it gives up on a timeline.
+const SYNC_ALL_PAGES_MAX: usize = 20_000;
 
 /// Largest handshake response head [`RawWs`] accepts.
 const RAW_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -1072,9 +1076,10 @@ impl Client {
     pub async fn sync_all(&mut self, conv: &str, after: u64) -> Vec<Value> {
         let mut out = Vec::new();
         let mut after = after;
-        // Bound: no test stores more than this many pages in a conv.
-        for _ in 0..1000 {
-            let r = self.sync(conv, after, None).await;
+        // Bound: 10 M entries, above what any test stores in a conv (a long
+        // crash soak stores ~7 k per cycle in its group).
+        for _ in 0..SYNC_ALL_PAGES_MAX {
+            let r = self.sync(conv, after, Some(SYNC_PAGE_MAX)).await;
             assert_eq!(r["type"], "sync_result", "{}: sync {conv}: {r}", self.label);
             let msgs = r["messages"].as_array().expect("messages").clone();
             if let Some(last) = msgs.last() {

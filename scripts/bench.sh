@@ -56,6 +56,9 @@ MAX=$(field "$OUT/dm-max.json" "round(d['throughput']['acked_per_s'])")
 row "dm closed loop: acked/s" "$MAX" ">= 100,000 (aim 200,000)"
 row "dm closed loop: lost" "$(field "$OUT/dm-max.json" "d['messages']['lost']")" "0"
 start
+lg dm --pairs 1000 --rate 0 --window 1 --duration "$DUR" --json "$OUT/dm-w1.json" || true
+row "dm, 1000 pairs, one send in flight each: acked/s" "$(field "$OUT/dm-w1.json" "round(d['throughput']['acked_per_s'])")" "(recorded: stop-and-wait clients, no batching)"
+start
 HALF=$(( MAX / 2 ))
 lg dm --pairs 100 --rate "${HALF}/s" --duration "$DUR" --json "$OUT/dm-half.json" || true
 row "dm at ${HALF}/s (half of max): ack p99" "$(field "$OUT/dm-half.json" "d['latency_us']['ack']['p99']") us" "<= 10,000 us"

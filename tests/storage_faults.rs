@@ -298,7 +298,17 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
 /// Runs `tern serve` on `data` until it exits (bounded); returns its exit
 /// code and stderr.
 fn start_fails(data: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    start_fails_with_env(data, extra, &[])
+}
+
+/// [`start_fails`] with these environment variables set.
+fn start_fails_with_env(
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .envs(env.iter().copied())
         .arg("serve")
         .arg("--data-dir")
         .arg(data)
@@ -679,6 +689,18 @@ fn a_read_coalesce_window_above_its_limit_is_refused_at_start() {
     );
     assert!(err.contains("read_coalesce_us must be 0..=10000"), "{err}");
     assert!(!data.join("db").exists(), "a database was created: {err}");
+}
+
+#[test]
+fn an_unknown_io_driver_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let (code, err) = start_fails_with_env(&data, &[], &[("TERN_IO_DRIVER", "uring")]);
+    assert_ne!(code, Some(0), "started with an unknown driver: {err}");
+    assert!(
+        err.contains(r#"TERN_IO_DRIVER="uring": expected "auto" or "epoll""#),
+        "{err}"
+    );
 }
 
 #[test]

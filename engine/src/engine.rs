@@ -29,6 +29,8 @@ pub enum StartError {
     },
     #[error("cannot start a shard thread: {0}")]
     Thread(std::io::Error),
+    #[error("{var}={value:?}: expected \"auto\" or \"epoll\"")]
+    IoDriver { var: &'static str, value: String },
 }
 
 /// The exit code of a server whose storage failed in a way only a restart
@@ -101,6 +103,7 @@ impl Engine {
     /// Recover state from `storage`, bind the WebSocket listeners and start
     /// the shards. Returns once every listener is bound.
     pub fn start(cfg: EngineConfig, storage: Storage) -> Result<Engine, StartError> {
+        let io = crate::shard::IoDriver::from_env()?;
         let n = cfg.shards.max(1);
         let mut owners: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         for (conv, max) in storage.conv_heads()? {
@@ -155,12 +158,12 @@ impl Engine {
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    crate::shard::run(idx, shared, inbox, listener, Owner::new(heads));
+                    crate::shard::run(idx, shared, inbox, listener, Owner::new(heads), io);
                 })
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }
-        let driver = if monoio::utils::detect_uring() {
+        let driver = if io == crate::shard::IoDriver::Auto && monoio::utils::detect_uring() {
             "io_uring"
         } else {
             "epoll"

@@ -1043,6 +1043,36 @@ impl Shard {
     }
 }
 
+/// Which monoio driver the shards run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoDriver {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// epoll even where io_uring works: for tools that cannot follow
+    /// io_uring (valgrind), or to compare the two.
+    Epoll,
+}
+
+impl IoDriver {
+    /// The environment variable that chooses the driver.
+    pub(crate) const ENV: &str = "TERN_IO_DRIVER";
+
+    /// The driver [`IoDriver::ENV`] asks for: unset, empty or `auto` is
+    /// [`IoDriver::Auto`], `epoll` is [`IoDriver::Epoll`], anything else is
+    /// refused.
+    pub(crate) fn from_env() -> Result<IoDriver, crate::engine::StartError> {
+        let value = std::env::var_os(Self::ENV).unwrap_or_default();
+        match value.to_str() {
+            Some("" | "auto") => Ok(IoDriver::Auto),
+            Some("epoll") => Ok(IoDriver::Epoll),
+            _ => Err(crate::engine::StartError::IoDriver {
+                var: Self::ENV,
+                value: value.to_string_lossy().into_owned(),
+            }),
+        }
+    }
+}
+
 /// The shard thread's body: runtime, tasks, until shutdown completes.
 pub(crate) fn run(
     idx: ShardIdx,
@@ -1050,8 +1080,19 @@ pub(crate) fn run(
     inbox: Inbox,
     listener: std::net::TcpListener,
     owner: Owner,
+    io: IoDriver,
 ) {
-    let body = async move {
+    // epoll (monoio's legacy driver) accepts by readiness: a blocking
+    // listener would block the whole shard in `accept` once the backlog is
+    // empty. io_uring accepts asynchronously either way, and monoio keeps
+    // its own listeners blocking there.
+    let body = |epoll: bool| async move {
+        if epoll {
+            if let Err(e) = listener.set_nonblocking(true) {
+                tracing::error!(shard = idx, "listener: {e}");
+                return;
+            }
+        }
         let poller = match poller::Poller::new() {
             Ok(p) => p,
             Err(e) => {
@@ -1078,7 +1119,7 @@ pub(crate) fn run(
         shard.flush_pass();
     };
     let entries = 4096;
-    if monoio::utils::detect_uring() {
+    if io == IoDriver::Auto && monoio::utils::detect_uring() {
         // Cooperative task running (Linux 5.19+): a completion caused by
         // another core (a client's bytes arriving) is picked up at the
         // shard's next syscall instead of interrupting it with an IPI. The
@@ -1096,7 +1137,7 @@ pub(crate) fn run(
                 .enable_timer()
                 .build()
             {
-                Ok(mut rt) => return rt.block_on(body),
+                Ok(mut rt) => return rt.block_on(body(false)),
                 Err(e) => tracing::warn!(shard = idx, "{what} io_uring runtime failed ({e})"),
             }
         }
@@ -1106,7 +1147,7 @@ pub(crate) fn run(
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(body),
+        Ok(mut rt) => rt.block_on(body(true)),
         Err(e) => tracing::error!(shard = idx, "cannot build a runtime: {e}"),
     }
 }

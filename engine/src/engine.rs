@@ -103,7 +103,9 @@ impl Engine {
     /// Recover state from `storage`, bind the WebSocket listeners and start
     /// the shards. Returns once every listener is bound.
     pub fn start(cfg: EngineConfig, storage: Storage) -> Result<Engine, StartError> {
-        let io = crate::shard::IoDriver::from_env()?;
+        // Decided once for every shard and for the startup log line.
+        let try_uring = crate::shard::IoDriver::from_env()? == crate::shard::IoDriver::Auto
+            && monoio::utils::detect_uring();
         let n = cfg.shards.max(1);
         let mut owners: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
         for (conv, max) in storage.conv_heads()? {
@@ -158,16 +160,12 @@ impl Engine {
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    crate::shard::run(idx, shared, inbox, listener, Owner::new(heads), io);
+                    crate::shard::run(idx, shared, inbox, listener, Owner::new(heads), try_uring);
                 })
                 .map_err(StartError::Thread)?;
             threads.push(t);
         }
-        let driver = if io == crate::shard::IoDriver::Auto && monoio::utils::detect_uring() {
-            "io_uring"
-        } else {
-            "epoll"
-        };
+        let driver = if try_uring { "io_uring" } else { "epoll" };
         Ok(Engine {
             shared,
             threads,

@@ -1074,13 +1074,15 @@ impl IoDriver {
 }
 
 /// The shard thread's body: runtime, tasks, until shutdown completes.
+/// `try_uring`: io_uring first (epoll if its ring cannot be built), else
+/// epoll at once.
 pub(crate) fn run(
     idx: ShardIdx,
     shared: Arc<Shared>,
     inbox: Inbox,
     listener: std::net::TcpListener,
     owner: Owner,
-    io: IoDriver,
+    try_uring: bool,
 ) {
     // epoll (monoio's legacy driver) accepts by readiness: a blocking
     // listener would block the whole shard in `accept` once the backlog is
@@ -1119,7 +1121,7 @@ pub(crate) fn run(
         shard.flush_pass();
     };
     let entries = 4096;
-    if io == IoDriver::Auto && monoio::utils::detect_uring() {
+    if try_uring {
         // Cooperative task running (Linux 5.19+): a completion caused by
         // another core (a client's bytes arriving) is picked up at the
         // shard's next syscall instead of interrupting it with an IPI. The

@@ -104,7 +104,7 @@ export interface OutboxStore {
   save(items: PendingSend[]): void;
 }
 
-/** An [`OutboxStore`] in a Web Storage (`localStorage`) under `key`. */
+/** An [`OutboxStore`] in a Web Storage (`localStorage`, `sessionStorage`) under `key`. */
 export function webStorageOutbox(storage: Storage, key: string): OutboxStore {
   return {
     load: () => {

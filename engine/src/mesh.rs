@@ -289,6 +289,13 @@ impl Mesh {
 mod tests {
     use super::*;
 
+    /// Batches move `ShardMsg`s by value (and a growing one copies them):
+    /// a new variant should box what makes it big.
+    #[test]
+    fn a_shard_msg_stays_small() {
+        assert!(std::mem::size_of::<ShardMsg>() <= 160);
+    }
+
     #[test]
     fn by_home_shard_puts_each_user_on_its_home_in_order() {
         let users: Vec<UserId> = (0..200)

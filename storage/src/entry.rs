@@ -14,6 +14,9 @@ use crate::StorageError;
 pub struct StoredEntry {
     seq: u64,
     ts: u64,
+    /// The conversation's text (the `msgs` and `convs` key prefix), taken
+    /// from the entry, so the writer thread does not format it again.
+    conv_key: Box<[u8]>,
     value: Vec<u8>,
 }
 
@@ -39,7 +42,13 @@ impl StoredEntry {
                 "entry {conv} seq {seq} cannot be encoded"
             )));
         }
-        Ok(StoredEntry { seq, ts, value })
+        let conv_key = entry.conv().as_bytes().into();
+        Ok(StoredEntry {
+            seq,
+            ts,
+            conv_key,
+            value,
+        })
     }
 
     /// The entry's seq.
@@ -50,6 +59,12 @@ impl StoredEntry {
     /// The entry's server time.
     pub fn ts(&self) -> u64 {
         self.ts
+    }
+
+    /// The conversation's text as a key (equal to `conv.to_text()` of the
+    /// conversation it was checked against).
+    pub(crate) fn conv_key(&self) -> &[u8] {
+        &self.conv_key
     }
 
     /// The `msgs` value.
@@ -84,6 +99,11 @@ mod tests {
         let e = msg("dm:alice:bob", 7);
         let s = StoredEntry::new(&c, &e).expect("valid");
         assert_eq!((s.seq(), s.ts()), (7, 1_767_225_600_123));
+        assert_eq!(
+            s.conv_key(),
+            c.to_text().as_bytes(),
+            "the key is the conv's text"
+        );
         assert_eq!(s.value(), keys::msg_value(e.ts(), &e.to_storage_bytes()));
         let (ts, bytes) = keys::split_msg_value(s.value()).expect("split");
         assert_eq!(ts, e.ts());

@@ -11,13 +11,13 @@
 //! reservation is a CAS on that word, so `submit_many` is all-or-nothing
 //! and `shutdown` knows how many reserved requests are still on their way.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use hashbrown::HashMap;
 use rocksdb::{ColumnFamily, WriteBatch, WriteOptions};
 use tern_proto::{ConvId, Entry, UserId};
 
@@ -279,6 +279,7 @@ pub(crate) fn start(storage: Storage, sink: Arc<dyn CommitSink>) -> WriterHandle
         rx,
         state: state.clone(),
         heads,
+        spare: (HashMap::new(), HashMap::new()),
     };
     let thread = std::thread::Builder::new()
         .name("tern-writer".into())
@@ -315,10 +316,12 @@ struct PendingHead {
 fn stage_entry(batch: &mut Batch, msgs: &ColumnFamily, next: NextEntry, entry: &StoredEntry) {
     let seq = entry.seq();
     debug_assert_eq!(seq, next.committed + 1, "entry not checked");
+    let conv_key = entry.conv_key();
     batch
         .wb
-        .put_cf(msgs, keys::msg_key(&next.conv_key, seq), entry.value());
-    let head = batch.heads.entry(next.conv_key).or_insert(PendingHead {
+        .put_cf(msgs, keys::msg_key(conv_key, seq), entry.value());
+    // The key is copied only for the batch's first append of a conversation.
+    let head = batch.heads.entry_ref(conv_key).or_insert(PendingHead {
         seq: next.committed,
         n_appends: 0,
     });
@@ -327,10 +330,9 @@ fn stage_entry(batch: &mut Batch, msgs: &ColumnFamily, next: NextEntry, entry: &
     batch.n_appends += 1;
 }
 
-/// An entry that passed [`Writer::check_entry`]: where it goes.
+/// An entry that passed [`Writer::check_entry`]: where it goes (the
+/// conversation key is the entry's own, [`StoredEntry::conv_key`]).
 struct NextEntry {
-    /// The conversation key.
-    conv_key: Vec<u8>,
     /// The conversation's head before the entry (counting this batch).
     committed: u64,
 }
@@ -355,6 +357,8 @@ struct Writer {
     /// conv key → committed max seq. Only this thread changes `convs`, so
     /// this map is the truth about what is stored.
     heads: HashMap<Vec<u8>, u64>,
+    /// The last batch's maps, emptied, so a commit does not grow new ones.
+    spare: (HashMap<Vec<u8>, PendingHead>, HashMap<Vec<u8>, u64>),
     wo: WriteOptions,
 }
 
@@ -420,10 +424,15 @@ impl Writer {
     /// Stages, writes and reports one batch; empties `reqs`.
     fn commit(&mut self, reqs: &mut Vec<WriteRequest>) {
         let n_reqs = reqs.len() as u64;
+        let (heads, reads) = std::mem::take(&mut self.spare);
+        debug_assert!(
+            heads.is_empty() && reads.is_empty(),
+            "spare maps not emptied"
+        );
         let mut batch = Batch {
             wb: WriteBatch::default(),
-            heads: HashMap::new(),
-            reads: HashMap::new(),
+            heads,
+            reads,
             results: Vec::with_capacity(reqs.len()),
             n_appends: 0,
         };
@@ -487,6 +496,9 @@ impl Writer {
                 }
             }
         }
+        batch.heads.clear();
+        batch.reads.clear();
+        self.spare = (batch.heads, batch.reads);
         self.report(batch.results);
     }
 
@@ -499,13 +511,15 @@ impl Writer {
         dedup: Option<(UserId, String)>,
         index_users: &[UserId],
     ) -> Result<(), StorageError> {
-        let next = self.check_entry(batch, conv, entry.seq())?;
+        let next = self.check_entry(batch, conv, entry)?;
         let dedup_key = match &dedup {
             Some((sender, cmid)) => Some(
-                keys::dedup_key(&next.conv_key, sender.as_str().as_bytes(), cmid.as_bytes())
-                    .ok_or_else(|| {
-                        StorageError::Invalid(format!("sender {sender:?} contains 0x00"))
-                    })?,
+                keys::dedup_key(
+                    entry.conv_key(),
+                    sender.as_str().as_bytes(),
+                    cmid.as_bytes(),
+                )
+                .ok_or_else(|| StorageError::Invalid(format!("sender {sender:?} contains 0x00")))?,
             ),
             None => None,
         };
@@ -519,7 +533,7 @@ impl Writer {
         for user in index_users {
             batch.wb.put_cf(
                 user_convs,
-                keys::pair_key(user.as_str().as_bytes(), &next.conv_key),
+                keys::pair_key(user.as_str().as_bytes(), entry.conv_key()),
                 [],
             );
         }
@@ -570,7 +584,7 @@ impl Writer {
             None => None,
         };
         let next = match &event {
-            Some(e) => Some(self.check_entry(batch, conv, e.seq())?),
+            Some(e) => Some(self.check_entry(batch, conv, e)?),
             None => None,
         };
         let s = &self.storage;
@@ -615,13 +629,15 @@ impl Writer {
         &self,
         batch: &Batch,
         conv: &ConvId,
-        seq: u64,
+        entry: &StoredEntry,
     ) -> Result<NextEntry, StorageError> {
+        let seq = entry.seq();
         debug_assert!(seq > 0, "a StoredEntry has a seq");
-        let conv_key = conv.to_text().into_bytes();
-        let committed = match batch.heads.get(&conv_key) {
+        let conv_key = entry.conv_key();
+        debug_assert_eq!(conv_key, conv.to_text().as_bytes(), "entry of another conv");
+        let committed = match batch.heads.get(conv_key) {
             Some(p) => p.seq,
-            None => self.heads.get(&conv_key).copied().unwrap_or(0),
+            None => self.heads.get(conv_key).copied().unwrap_or(0),
         };
         // A seq of u64::MAX can never be followed; treat it as a gap.
         let expected = committed.saturating_add(1);
@@ -632,10 +648,7 @@ impl Writer {
                 got: seq,
             });
         }
-        Ok(NextEntry {
-            conv_key,
-            committed,
-        })
+        Ok(NextEntry { committed })
     }
 
     /// Stages read := max(old, min(seq, head)). The final value of each key

@@ -180,6 +180,85 @@ fn dedup_lookup_honours_the_window() {
     w.shutdown();
 }
 
+/// `dedup_lookup_many` sorts the keys it asks RocksDB for: its answers
+/// must still come back in the order asked, for rows in SST files and in
+/// the memtable, misses and repeated keys among them.
+#[test]
+fn many_dedup_lookups_answer_in_the_order_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (w, sink) = writer(&s);
+    let ts = now_ms();
+    let convs = [conv("dm:alice:bob"), conv("dm:bob:carol"), conv("group:g")];
+    let senders = ["alice", "bob", "carol"];
+    let mut token = 0u64;
+    // 3 convs x 3 senders x 8 cmids, seqs in order per conv; the first half
+    // flushed to an SST (compact_expiring flushes), the rest in the memtable.
+    let mut seq = [0u64; 3];
+    for round in 0..2 {
+        for m in 0..4 {
+            for (ci, c) in convs.iter().enumerate() {
+                for sender in senders {
+                    seq[ci] += 1;
+                    token += 1;
+                    let cmid = format!("cm-{}", round * 4 + m);
+                    w.submit(req(
+                        0,
+                        token,
+                        WriteOp::Append {
+                            conv: c.clone(),
+                            entry: stored(c, seq[ci], ts),
+                            dedup: Some((user(sender), cmid)),
+                            index_users: vec![],
+                        },
+                    ))
+                    .unwrap();
+                }
+            }
+        }
+        wait_results(&sink, token as usize);
+        if round == 0 {
+            s.compact_expiring().unwrap();
+        }
+    }
+    assert!(sink.all().iter().all(|(_, _, r)| r.is_ok()));
+    let texts: Vec<String> = convs.iter().map(|c| c.to_text()).collect();
+    // Every stored key, every key of a cmid never sent, and repeats, in a
+    // scrambled order (a fixed permutation: stride 7 over a prime length).
+    let mut all: Vec<(&str, &str, String)> = Vec::new();
+    for t in &texts {
+        for sender in senders {
+            for m in 0..10 {
+                all.push((t.as_str(), sender, format!("cm-{m}")));
+            }
+        }
+    }
+    all.push((texts[0].as_str(), "al\0ice", "cm-1".into()));
+    all.push((texts[2].as_str(), "carol", "cm-7".into()));
+    let n = all.len();
+    assert_eq!(n, 92);
+    let p = 97; // prime > n: i -> 7i mod 97, skipping values >= n
+    let order: Vec<usize> = (0..p).map(|i| (i * 7) % p).filter(|&i| i < n).collect();
+    assert_eq!(order.len(), n);
+    let asks: Vec<(&str, &str, &str)> = order
+        .iter()
+        .map(|&i| (all[i].0, all[i].1, all[i].2.as_str()))
+        .collect();
+    let many = s.dedup_lookup_many(&asks, ts);
+    let one: Vec<_> = asks
+        .iter()
+        .map(|(c, u, m)| s.dedup_lookup(c, u, m, ts))
+        .collect();
+    assert_eq!(many, one);
+    let hits = many.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+    assert_eq!(
+        hits,
+        3 * 3 * 8 + 1,
+        "every stored key found, the repeat too"
+    );
+    w.shutdown();
+}
+
 #[test]
 fn recent_dedup_records_survive_compaction() {
     let dir = tempfile::tempdir().unwrap();

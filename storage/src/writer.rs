@@ -34,6 +34,12 @@ pub const WRITE_QUEUE_MAX: usize = 65_536;
 /// latency the first request of a batch waits for the last.
 pub const BATCH_MAX: usize = 1024;
 
+/// Bounds of the capacity a `WriteBatch` starts with: the last batch's
+/// size plus a quarter, within these (a batch of [`BATCH_MAX`] dm messages
+/// is ~300 KiB).
+const WB_BYTES_HINT_MIN: usize = 4 << 10;
+const WB_BYTES_HINT_MAX: usize = 1 << 20;
+
 /// Set in the queue-state word once `shutdown` began.
 const CLOSED_BIT: u64 = 1 << 63;
 
@@ -280,6 +286,7 @@ pub(crate) fn start(storage: Storage, sink: Arc<dyn CommitSink>) -> WriterHandle
         state: state.clone(),
         heads,
         spare: (HashMap::new(), HashMap::new()),
+        wb_bytes_hint: WB_BYTES_HINT_MIN,
     };
     let thread = std::thread::Builder::new()
         .name("tern-writer".into())
@@ -357,6 +364,8 @@ struct Writer {
     /// conv key → committed max seq. Only this thread changes `convs`, so
     /// this map is the truth about what is stored.
     heads: HashMap<Vec<u8>, u64>,
+    /// The capacity a new `WriteBatch` starts with (the last one's size).
+    wb_bytes_hint: usize,
     /// The last batch's maps, emptied, so a commit does not grow new ones.
     spare: (HashMap<Vec<u8>, PendingHead>, HashMap<Vec<u8>, u64>),
     wo: WriteOptions,
@@ -430,7 +439,7 @@ impl Writer {
             "spare maps not emptied"
         );
         let mut batch = Batch {
-            wb: WriteBatch::default(),
+            wb: WriteBatch::with_capacity_bytes(self.wb_bytes_hint),
             heads,
             reads,
             results: Vec::with_capacity(reqs.len()),
@@ -467,6 +476,10 @@ impl Writer {
             batch.results.push((req.reply_to, req.token, result));
         }
         let started = Instant::now();
+        // The next batch starts at about this one's size, so staging does
+        // not regrow (and copy) the batch's buffer a dozen times.
+        self.wb_bytes_hint =
+            (batch.wb.size_in_bytes() / 4 * 5).clamp(WB_BYTES_HINT_MIN, WB_BYTES_HINT_MAX);
         let outcome = self.write(&mut batch);
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.record_stats(&batch, n_reqs, latency_us, outcome.as_ref().err());

@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := $(CARGO_TARGET_DIR)/release/tern
 ARGS ?=
 
-.PHONY: deps build run test lint fmt bench test-interop web chromium test-web
+.PHONY: deps build run test lint fmt bench callgrind test-interop web chromium test-web
 
 deps:
 	@if ! command -v clang >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then \
@@ -53,6 +53,14 @@ fmt:
 bench: deps
 	$(CARGO) build --release -p tern -p tern-loadgen
 	scripts/bench.sh
+
+# Instructions per dm message on the shard and writer threads, counted by
+# callgrind (docs/BENCHMARKS.md "Instructions per message"): noise-free,
+# so a change to the message path can be compared before and after.
+callgrind: deps
+	@command -v valgrind >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq valgrind; }
+	$(CARGO) build --release -p tern -p tern-loadgen
+	scripts/callgrind.sh
 
 # Crash soak (docs/RELIABILITY.md): SIGKILL/restart cycles under dm and
 # group traffic, every acknowledged message checked after each restart.

@@ -54,9 +54,10 @@ bench: deps
 	$(CARGO) build --release -p tern -p tern-loadgen
 	scripts/bench.sh
 
-# Instructions per dm message on the shard and writer threads, counted by
-# callgrind (docs/BENCHMARKS.md "Instructions per message"): noise-free,
-# so a change to the message path can be compared before and after.
+# Instructions per dm message and per group delivery on the shard and
+# writer threads, counted by callgrind (docs/BENCHMARKS.md "Instructions per
+# message"): noise-free, so a change to the message path can be compared
+# before and after. `scripts/callgrind.sh OLD_BINARY` measures another build.
 callgrind: deps
 	@command -v valgrind >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq valgrind; }
 	$(CARGO) build --release -p tern -p tern-loadgen

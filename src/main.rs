@@ -37,7 +37,22 @@ enum Cmd {
     Serve(Box<config::ServeArgs>),
 }
 
+/// No transparent huge pages for this process. Tern's memory is mostly
+/// small per-connection records spread over the heap; backed by 2 MiB pages
+/// it costs far more RSS than it holds: idle RSS growth measured 569-772 B
+/// per connection with huge pages, 400-412 B without, and no throughput
+/// difference (docs/BENCHMARKS.md, session 18). RocksDB's guidance is the
+/// same. mimalloc is built not to ask for them (`no_thp`); this also covers
+/// hosts whose THP mode is `always`. Best effort: an old kernel without
+/// the prctl only costs memory.
+fn opt_out_of_huge_pages() {
+    // SAFETY: prctl(PR_SET_THP_DISABLE) takes integer arguments only and
+    // changes nothing but this process's huge-page policy.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 fn main() -> ExitCode {
+    opt_out_of_huge_pages();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve(args) => match serve(*args) {

@@ -214,6 +214,21 @@ async fn a_full_disk_answers_unavailable_stores_nothing_and_recovers_by_itself()
         assert_eq!(st, 503, "{v}");
         assert_eq!(v["error"]["code"], "unavailable", "{v}");
     }
+    // The 503 tells the caller when to try again.
+    let res = reqwest::Client::new()
+        .post(s.url("/v1/messages"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "from": "bob", "to": "user:alice", "kind": "text", "body": big, "cmid": "full-h" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(
+        res.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "{:?}",
+        res.headers()
+    );
     let mut c = s.login(Subprotocol::Json, "bob", "tablet").await;
     let e = c
         .send_msg("ws-full", "user:alice", "text", json!("x"))

@@ -123,6 +123,13 @@ pub(crate) struct ErrorDetail {
     message: String,
 }
 
+/// Statuses that say "not now" rather than "not this": 429 (a limit) and
+/// 503 (storage failed or overloaded; nothing was stored, so the same
+/// request, with the same cmid for a send, may be repeated).
+fn retry_later(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -136,6 +143,14 @@ impl IntoResponse for ApiError {
             // RFC 9110 §11.6.1: a 401 names the scheme it wants.
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if retry_later(self.status) {
+            // RFC 9110 §10.2.3: when a caller may try again (the same wait
+            // as a refused WebSocket connection's 503).
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(tern_engine::limits::REFUSED_RETRY_AFTER_S),
+            );
         }
         res
     }
@@ -192,5 +207,18 @@ mod tests {
         let res = ApiError::forbidden("wrong key").into_response();
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
         assert!(res.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn only_not_now_answers_say_when_to_retry() {
+        for (code, name, status) in ALL_CODES {
+            let res = ApiError::from_code(code, "why").into_response();
+            let retry = res.headers().get(header::RETRY_AFTER);
+            if status == 429 || status == 503 {
+                assert_eq!(retry.map(|v| v.as_bytes()), Some(&b"1"[..]), "{name}");
+            } else {
+                assert!(retry.is_none(), "{name} says Retry-After");
+            }
+        }
     }
 }

@@ -925,6 +925,72 @@ async fn sends_over_the_burst_are_rate_limited_and_store_nothing() {
     );
 }
 
+/// Counts frames of type `ty` arriving within `d`, keeping the others.
+async fn count_frames(c: &mut Client, ty: &str, d: Duration) -> Vec<Value> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + d;
+    while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
+        match c.next(left).await {
+            Ok(v) if v["type"] == ty => got.push(v),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn typing_over_its_burst_is_rate_limited_and_fans_out_no_further() {
+    let s = Server::start(&[]).await;
+    let (a, b, c) = ("tya", "tyb", "tyc");
+    s.put_users(&[a, b, c]).await;
+    s.put_group("ty", None, &[a, b, c]).await;
+    let conv = "group:ty";
+    let mut bc = s.login(Subprotocol::Rkyv, b, "phone").await;
+    let mut cc = s.login(Subprotocol::Json, c, "phone").await;
+    for sp in SPS {
+        let mut ac = s.login(sp, a, &format!("d{}", tag(sp))).await;
+        // A flood of 100 typing frames: the burst of 10 reaches the others
+        // (one more if a refill interval of 200 ms passes meanwhile), every
+        // other frame is answered `rate_limited` and goes no further.
+        for _ in 0..100 {
+            ac.typing(conv).await;
+        }
+        let errors = count_frames(&mut ac, "error", Duration::from_secs(2)).await;
+        for e in &errors {
+            assert_eq!(e["code"], "rate_limited", "{}: {e}", ac.label);
+        }
+        let (b_got, c_got) = (
+            count_frames(&mut bc, "typing", QUIET).await.len(),
+            count_frames(&mut cc, "typing", QUIET).await.len(),
+        );
+        for (who, n) in [("b", b_got), ("c", c_got)] {
+            assert!(
+                (10..=11).contains(&n),
+                "{}: {who} got {n} typing frames",
+                ac.label
+            );
+        }
+        assert_eq!(
+            errors.len() + b_got,
+            100,
+            "{}: every frame passed or was refused",
+            ac.label
+        );
+        // Sends have their own budget: unaffected.
+        ac.send_text(&format!("{}-after", tag(sp)), conv, "still here")
+            .await;
+        next_entry(&mut bc, conv).await;
+        next_entry(&mut cc, conv).await;
+        // After two seconds the budget has refilled: typing passes again.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        ac.typing(conv).await;
+        bc.expect("typing", REPLY).await;
+        cc.expect("typing", REPLY).await;
+        ac.quiet(&["error"], QUIET).await;
+    }
+}
+
 /// Members of the group whose fan-out goes through a cached push plan
 /// (engine/src/shard/mod.rs `push_plan`: pushes to 64 or more users; on two
 /// shards each home shard holds about half of them).

@@ -200,6 +200,25 @@ pub(super) fn on_frame(
             if let Err((code, msg)) = authorize(&user, &conv) {
                 return answer(error(code, msg));
             }
+            let allowed = match shard.conns.borrow_mut().get_mut(slot, gen) {
+                Some(c) => c.typing.take(now_ms()),
+                None => return,
+            };
+            if !allowed {
+                shard
+                    .shared
+                    .stats
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return answer(error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "typing: at most {} per second, {} at once",
+                        crate::limits::TYPING_PER_S,
+                        crate::limits::TYPING_BURST
+                    ),
+                ));
+            }
             if !conv.is_dm() {
                 return to_group_owner(shard, conv, user, me, GroupAccess::Typing);
             }

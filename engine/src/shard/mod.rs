@@ -249,6 +249,7 @@ impl Shard {
                     since_ms: now,
                     send_tokens: self.shared.cfg.send_burst,
                     send_refill_ms: now,
+                    typing: Default::default(),
                     groups: Default::default(),
                     rx: None,
                     outq: Default::default(),

@@ -991,6 +991,79 @@ async fn typing_over_its_burst_is_rate_limited_and_fans_out_no_further() {
     }
 }
 
+#[tokio::test]
+async fn storage_frames_over_their_burst_are_rate_limited_and_others_are_served() {
+    let s = Server::start(&[]).await;
+    let (a, b) = ("sfa", "sfb");
+    s.put_users(&[a, b]).await;
+    let conv = dm(a, b);
+    let mut bc = s.login(Subprotocol::Json, b, "phone").await;
+    for sp in SPS {
+        let mut ac = s.login(sp, a, &format!("d{}", tag(sp))).await;
+        ac.send_text(&format!("{}-m", tag(sp)), &format!("user:{b}"), "hi")
+            .await;
+        next_entry(&mut bc, &conv).await;
+        // 700 syncs at once: the burst of 500 is answered (plus 100 a
+        // second of refill while they are read), the rest refused.
+        let t = std::time::Instant::now();
+        for _ in 0..700 {
+            ac.send(&json!({ "type": "sync", "conv": conv, "after": 0, "limit": 1 }))
+                .await;
+        }
+        let mut ok = 0u64;
+        let mut refused = 0u64;
+        while ok + refused < 700 {
+            let v = ac.next(REPLY).await.expect("an answer to every sync");
+            match v["type"].as_str() {
+                Some("sync_result") => ok += 1,
+                Some("error") => {
+                    assert_eq!(v["code"], "rate_limited", "{}: {v}", ac.label);
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+        let refill = (t.elapsed().as_millis() as u64) / 10 + 1;
+        assert!(
+            (500..=500 + refill).contains(&ok),
+            "{}: {ok} syncs answered, {refused} refused in {:?}",
+            ac.label,
+            t.elapsed()
+        );
+        assert!(refused > 0, "{}: nothing was refused", ac.label);
+        // Another connection is served at once: the budget is per connection.
+        let r = bc.sync(&conv, 0, Some(1)).await;
+        assert_eq!(r["type"], "sync_result", "{r}");
+        // `read` and `convs` draw on the same budget, nearly spent: of 40 at
+        // once only the refill since then passes (one per 10 ms).
+        let t = std::time::Instant::now();
+        for k in 0..40 {
+            let f = if k % 2 == 0 {
+                json!({ "type": "convs" })
+            } else {
+                json!({ "type": "read", "conv": conv, "seq": 1 })
+            };
+            ac.send(&f).await;
+        }
+        let refused = count_frames(&mut ac, "error", QUIET).await;
+        let refill = (t.elapsed().as_millis() as u64) / 10 + 1;
+        assert!(
+            refused.len() as u64 + refill >= 40,
+            "{}: {} of 40 refused in {:?}",
+            ac.label,
+            refused.len(),
+            t.elapsed()
+        );
+        for e in &refused {
+            assert_eq!(e["code"], "rate_limited", "{e}");
+        }
+        // A second later the refill is enough for a few again.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = ac.sync(&conv, 0, Some(1)).await;
+        assert_eq!(r["type"], "sync_result", "{}: {r}", ac.label);
+    }
+}
+
 /// Members of the group whose fan-out goes through a cached push plan
 /// (engine/src/shard/mod.rs `push_plan`: pushes to 64 or more users; on two
 /// shards each home shard holds about half of them).

@@ -86,12 +86,20 @@ const _: () = assert!(UNACKED_MAX >= 64, "clients ack every 64 entries");
 const _: () = assert!(TIMER_SLOTS.is_power_of_two());
 
 /// `typing` frames a connection may send per second, on average. Typing is
-/// not stored but fans out to every member of a group, so it is the one
-/// frame whose cost grows with the group: without a bound, one client could
-/// make the server push its group size times its own frame rate.
+/// not stored but fans out to every member of a group: without a bound, one
+/// client could make the server push its group size times its frame rate.
 pub const TYPING_PER_S: u64 = 5;
 
 /// `typing` frames a connection may send at once before the rate applies.
 /// Clients send one every few seconds while the user types (the web app:
 /// one per 2 s), far below both bounds.
 pub const TYPING_BURST: u64 = 10;
+
+/// `read`, `sync` and `convs` frames a connection may send per second, on
+/// average. Each costs a storage write or read on the shared writer queue
+/// or reader pool.
+pub const STORAGE_FRAMES_PER_S: u64 = 100;
+
+/// `read`, `sync` and `convs` frames a connection may send at once: room
+/// for a reconnecting client to sync hundreds of conversations.
+pub const STORAGE_FRAMES_BURST: u64 = 500;

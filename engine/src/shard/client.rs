@@ -9,6 +9,7 @@ use tern_proto::{
     ClientFrame, ConvId, ConvSummary, DecodeError, ErrorCode, ServerFrame, Target, UserId,
 };
 
+use super::budget::Budget;
 use super::Shard;
 use crate::encoded::Encoded;
 use crate::limits::{SERVER_FRAME_BYTES_MAX, SYNC_LIMIT_DEFAULT, SYNC_LIMIT_MAX};
@@ -21,6 +22,15 @@ fn error(code: ErrorCode, message: impl Into<String>) -> ServerFrame {
         code,
         message: message.into(),
     }
+}
+
+/// One frame refused by a rate limit, for `/admin/stats` and metrics.
+fn count_rate_limited(shard: &Shard) {
+    shard
+        .shared
+        .stats
+        .rate_limited
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn send_err(cmid: &str, code: ErrorCode, message: impl Into<String>) -> ServerFrame {
@@ -93,6 +103,25 @@ pub(super) fn on_frame(
             return;
         }
     };
+    // Frames a client could multiply into fan-out or storage work draw on a
+    // budget of their connection (`budget.rs`); refused, they do nothing.
+    let budget = match &frame {
+        ClientFrame::Typing { .. } => Some(Budget::Typing),
+        ClientFrame::Read { .. } | ClientFrame::Sync { .. } | ClientFrame::Convs => {
+            Some(Budget::Storage)
+        }
+        _ => None,
+    };
+    if let Some(b) = budget {
+        let allowed = match shard.conns.borrow_mut().get_mut(slot, gen) {
+            Some(c) => c.budgets.take(b, now_ms()),
+            None => return,
+        };
+        if !allowed {
+            count_rate_limited(shard);
+            return answer(error(ErrorCode::RateLimited, b.refusal()));
+        }
+    }
     match frame {
         ClientFrame::Auth { .. } => answer(error(ErrorCode::BadRequest, "already authenticated")),
         ClientFrame::Ping => answer(ServerFrame::Pong { ts: now_ms() }),
@@ -137,11 +166,7 @@ pub(super) fn on_frame(
                 None => return,
             };
             if !allowed {
-                shard
-                    .shared
-                    .stats
-                    .rate_limited
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                count_rate_limited(shard);
                 return answer(send_err(
                     &cmid,
                     ErrorCode::RateLimited,
@@ -199,25 +224,6 @@ pub(super) fn on_frame(
             };
             if let Err((code, msg)) = authorize(&user, &conv) {
                 return answer(error(code, msg));
-            }
-            let allowed = match shard.conns.borrow_mut().get_mut(slot, gen) {
-                Some(c) => c.typing.take(now_ms()),
-                None => return,
-            };
-            if !allowed {
-                shard
-                    .shared
-                    .stats
-                    .rate_limited
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return answer(error(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "typing: at most {} per second, {} at once",
-                        crate::limits::TYPING_PER_S,
-                        crate::limits::TYPING_BURST
-                    ),
-                ));
             }
             if !conv.is_dm() {
                 return to_group_owner(shard, conv, user, me, GroupAccess::Typing);

@@ -59,33 +59,6 @@ pub enum Closing {
     CloseSent,
 }
 
-/// The `typing` limit of one connection: at most [`TYPING_BURST`] frames at
-/// once and [`TYPING_PER_S`] per second on average (the generic cell rate
-/// algorithm: one timestamp of state, the theoretical arrival time of the
-/// next frame; 0 grants a full burst).
-///
-/// [`TYPING_BURST`]: crate::limits::TYPING_BURST
-/// [`TYPING_PER_S`]: crate::limits::TYPING_PER_S
-#[derive(Debug, Default)]
-pub struct TypingLimit {
-    tat_ms: u64,
-}
-
-impl TypingLimit {
-    const INTERVAL_MS: u64 = 1000 / crate::limits::TYPING_PER_S;
-    const TOLERANCE_MS: u64 = (crate::limits::TYPING_BURST - 1) * Self::INTERVAL_MS;
-
-    /// May a `typing` frame pass at `now` (ms)? Counts it if so.
-    pub fn take(&mut self, now: u64) -> bool {
-        let tat = self.tat_ms.max(now);
-        if tat - now > Self::TOLERANCE_MS {
-            return false;
-        }
-        self.tat_ms = tat + Self::INTERVAL_MS;
-        true
-    }
-}
-
 pub struct Conn {
     pub gen: u32,
     /// The socket; closed when the `Conn` drops (after the poller let go).
@@ -98,8 +71,8 @@ pub struct Conn {
     /// Send rate limit: tokens left and when they were last refilled.
     pub send_tokens: u32,
     pub send_refill_ms: u64,
-    /// How many `typing` frames may pass.
-    pub typing: TypingLimit,
+    /// Budgets of `typing` and of the frames that cost storage.
+    pub budgets: super::budget::Budgets,
     /// Large groups, for `notice` decisions (bounded).
     pub groups: GroupActivity,
     /// Read state between reads, only while a frame or a fragmented message
@@ -191,32 +164,5 @@ mod tests {
             std::mem::size_of::<super::Conn>()
         );
         assert!(std::mem::size_of::<crate::ws::codec::Assembler>() <= 48);
-    }
-
-    #[test]
-    fn typing_passes_a_burst_then_the_rate() {
-        use crate::limits::{TYPING_BURST, TYPING_PER_S};
-        let mut t = super::TypingLimit::default();
-        let t0 = 1_000_000;
-        for i in 0..TYPING_BURST {
-            assert!(t.take(t0), "frame {i} of the burst");
-        }
-        assert!(!t.take(t0), "one past the burst");
-        assert!(!t.take(t0 + 1000 / TYPING_PER_S - 1), "before one interval");
-        assert!(
-            t.take(t0 + 1000 / TYPING_PER_S),
-            "one interval later, one more"
-        );
-        assert!(!t.take(t0 + 1000 / TYPING_PER_S));
-        // A steady sender at the rate always passes.
-        let t1 = t0 + 10_000;
-        let mut t = super::TypingLimit::default();
-        for k in 0..100 {
-            assert!(t.take(t1 + k * 1000 / TYPING_PER_S), "steady frame {k}");
-        }
-        // Quiet for a while: a full burst again, not more.
-        let t2 = t1 + 100_000;
-        let n = (0..100).take_while(|_| t.take(t2)).count() as u64;
-        assert_eq!(n, TYPING_BURST);
     }
 }

@@ -16,6 +16,7 @@
 
 mod accept;
 mod activity;
+mod budget;
 mod client;
 pub mod conn;
 mod pacer;
@@ -249,7 +250,7 @@ impl Shard {
                     since_ms: now,
                     send_tokens: self.shared.cfg.send_burst,
                     send_refill_ms: now,
-                    typing: Default::default(),
+                    budgets: Default::default(),
                     groups: Default::default(),
                     rx: None,
                     outq: Default::default(),

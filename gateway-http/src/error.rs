@@ -126,7 +126,7 @@ pub(crate) struct ErrorDetail {
 /// Statuses that say "not now" rather than "not this": 429 (a limit) and
 /// 503 (storage failed or overloaded; nothing was stored, so the same
 /// request, with the same cmid for a send, may be repeated).
-fn retry_later(status: StatusCode) -> bool {
+pub(crate) fn retry_later(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
 }
 

@@ -43,7 +43,7 @@ pub(crate) const SECURITY_SCHEME: &str = "api_key";
         messages::send,
         messages::history,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RetryAfter),
     tags(
         (name = "users", description = "Users, their tokens and connections"),
         (name = "groups", description = "Groups and their members"),
@@ -68,6 +68,44 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Documents the `Retry-After` header on every response whose status
+/// carries it (`error::retry_later`: 429, 503), where `ApiError` adds it.
+struct RetryAfter;
+
+impl Modify for RetryAfter {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{schema::Type, Header, ObjectBuilder, RefOr};
+        let header = Header::builder()
+            .schema(ObjectBuilder::new().schema_type(Type::Integer))
+            .description(Some(format!(
+                "Seconds to wait before trying again ({})",
+                tern_engine::limits::REFUSED_RETRY_AFTER_S
+            )))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                for (status, response) in op.responses.responses.iter_mut() {
+                    let later = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| axum::http::StatusCode::from_u16(s).ok())
+                        .is_some_and(crate::error::retry_later);
+                    if let (true, RefOr::T(r)) = (later, response) {
+                        r.headers.insert("Retry-After".to_owned(), header.clone());
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -141,7 +141,7 @@ fn no_such_group(group: &GroupId) -> ApiError {
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_user`: a member does not exist; nothing changed", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -186,7 +186,7 @@ pub(crate) async fn put_group<E: Engine>(
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_group`", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -213,7 +213,7 @@ pub(crate) async fn get_group<E: Engine>(
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_group`", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -243,7 +243,7 @@ pub(crate) async fn delete_group<E: Engine>(
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_group`, or `no_such_user` for an id in `add` (nothing changed)", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -289,7 +289,7 @@ pub(crate) async fn change_members<E: Engine>(
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_group`", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -99,8 +99,8 @@ pub(crate) struct HistoryDto {
         (status = 404, description = "`no_such_user` or `no_such_group`", body = ErrorBody),
         (status = 409, description = "`rejected` by the before-send hook", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB or message body over 32 KiB", body = ErrorBody),
-        (status = 429, description = "`rate_limited`", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
-        (status = 503, description = "`unavailable`: nothing stored", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 429, description = "`rate_limited`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: nothing stored", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -166,7 +166,7 @@ pub(crate) async fn send<E: Engine>(
         (status = 400, description = "Bad conversation id, after or limit", body = ErrorBody),
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]

@@ -164,7 +164,7 @@ fn no_such_user(user: &UserId) -> ApiError {
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB or meta over 64 KiB", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -206,7 +206,7 @@ pub(crate) async fn put_user<E: Engine>(
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_user`", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -234,7 +234,7 @@ pub(crate) async fn get_user<E: Engine>(
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_user`", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -264,7 +264,7 @@ pub(crate) async fn delete_user<E: Engine>(
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_user`", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -300,7 +300,7 @@ pub(crate) async fn mint_token<E: Engine>(
         (status = 401, description = "No API key", body = ErrorBody),
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_user`", body = ErrorBody),
-        (status = 503, description = "Engine unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Engine unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -327,7 +327,7 @@ pub(crate) async fn presence<E: Engine>(
         (status = 403, description = "Wrong API key", body = ErrorBody),
         (status = 404, description = "`no_such_user`", body = ErrorBody),
         (status = 413, description = "Body over 1 MiB", body = ErrorBody),
-        (status = 503, description = "Engine unavailable", body = ErrorBody, headers(("Retry-After" = u32, description = "Seconds to wait before trying again (1)"))),
+        (status = 503, description = "Engine unavailable", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
